@@ -1,0 +1,40 @@
+//! `ferry serve`: bind every enabled service, publish the addresses, serve.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_core::data_dir::DataDir;
+use ferry_core::server::Server;
+use ferry_files::FileStore;
+use ferry_transfer::TransferService;
+
+use super::config::effective;
+use crate::cli::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    super::init_logging("info");
+    let config = effective(&args)?;
+    let data = DataDir::new(config.data.clone());
+    let root = config.root_dir();
+    let mut server = Server::new(config.clone()).await?;
+    let store = FileStore::open(&root, &data.uploads())
+        .with_context(|| format!("cannot open the file store at {}", root.display()))?;
+    let store = Arc::new(store);
+
+    if config.transfer.enabled {
+        let listener = server.bind("transfer", config.transfer.port).await?;
+        let service = TransferService::new(store.clone(), config.transfer.clone());
+        service.spawn_housekeeping();
+        server.add_service(listener, service, config.transfer.max_connections);
+    }
+    for (name, enabled) in [("http", config.http.enabled), ("kv", config.kv.enabled), ("sync", config.sync.enabled)] {
+        if enabled {
+            tracing::debug!("the {name} service is not part of this release yet");
+        }
+    }
+    if server.listeners().is_empty() {
+        anyhow::bail!("every service is disabled; nothing to serve");
+    }
+    server.run().await?;
+    Ok(())
+}

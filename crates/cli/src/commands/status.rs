@@ -1,0 +1,38 @@
+//! `ferry status [--data DIR] [--json]`.
+
+use ferry_core::server::query_status;
+
+use crate::cli::StatusArgs;
+use crate::format;
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let status = query_status(&args.data).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("ferry {} — pid {}, up {}s", status.version, status.pid, status.uptime_secs);
+    println!("data {}  root {}", status.data_dir, status.root);
+    for (name, addr) in &status.listeners {
+        println!("  {name:<10} {addr}");
+    }
+    let c = &status.counters;
+    println!(
+        "connections {} open, {} total; sent {}, received {}; transfers {} ok, {} failed",
+        status.connections,
+        c.connections_total,
+        format::bytes(c.bytes_sent),
+        format::bytes(c.bytes_received),
+        c.transfers_completed,
+        c.transfers_failed
+    );
+    if !status.transfers.is_empty() {
+        println!("transfers in progress:");
+        for t in &status.transfers {
+            let size = t.size.map(format::bytes).unwrap_or_else(|| "?".into());
+            let pct = t.size.filter(|s| *s > 0).map(|s| format!(" ({:.0}%)", t.offset as f64 * 100.0 / s as f64));
+            println!("  {:?} {} {}/{}{}", t.kind, t.name, format::bytes(t.offset), size, pct.unwrap_or_default());
+        }
+    }
+    Ok(())
+}

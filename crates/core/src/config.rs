@@ -1,0 +1,235 @@
+//! The server's configuration: every knob with its default, loadable from
+//! TOML and overridable from the command line.
+//!
+//! `ferry config` prints [`Config`] serialized back to TOML, so the printed
+//! file is itself a valid config that reproduces the running setup.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+
+/// Everything `ferry serve` can be told. Unknown keys are rejected so that a
+/// typo in a config file is an error, not a silently ignored setting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Data directory: files, partial uploads, pid file, admin socket.
+    pub data: PathBuf,
+    /// Root of the served files; `<data>/files` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Address every listener binds to.
+    pub bind: IpAddr,
+    pub transfer: TransferConfig,
+    pub http: HttpConfig,
+    pub kv: KvConfig,
+    pub sync: SyncConfig,
+    pub upgrade: UpgradeConfig,
+}
+
+/// The native transfer service (GET/PUT/LIST).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferConfig {
+    pub enabled: bool,
+    pub port: u16,
+    /// Largest frame payload accepted or sent.
+    pub max_frame_bytes: u32,
+    /// Payload bytes per DATA frame the server sends.
+    pub chunk_bytes: u32,
+    /// Unacknowledged bytes a sender keeps in flight.
+    pub window_bytes: u64,
+    /// Concurrent connections; further connections get an ERROR and close.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Longest accepted file name, in bytes.
+    pub max_name_bytes: usize,
+    /// Largest accepted upload.
+    pub max_file_bytes: u64,
+    /// Partial uploads untouched for this long are deleted.
+    pub upload_expiry_secs: u64,
+    /// Most entries a LIST returns.
+    pub max_list_entries: usize,
+}
+
+/// The HTTP gateway (its own issue; the switch and port are reserved now).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub port: u16,
+}
+
+/// The memcached-protocol kv service (its own issue; switch and port reserved).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    pub enabled: bool,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub enabled: bool,
+    pub port: u16,
+    pub push_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeConfig {
+    /// How long a new executable has to report READY before a rollback.
+    pub timeout_secs: u64,
+    /// How long a graceful shutdown waits for sessions to reach a safe point.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("ferry-data"),
+            root: None,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            transfer: TransferConfig::default(),
+            http: HttpConfig::default(),
+            kv: KvConfig::default(),
+            sync: SyncConfig::default(),
+            upgrade: UpgradeConfig::default(),
+        }
+    }
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            enabled: true,
+            port: 7070,
+            max_frame_bytes: (4 * MIB) as u32,
+            chunk_bytes: (256 * KIB) as u32,
+            window_bytes: 8 * MIB,
+            max_connections: 1024,
+            idle_timeout_secs: 300,
+            max_name_bytes: 1024,
+            max_file_bytes: 1 << 40,
+            upload_expiry_secs: 7 * 24 * 3600,
+            max_list_entries: 100_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { enabled: true, port: 7080 }
+    }
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { enabled: true, port: 11211 }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { enabled: true, port: 7071, push_port: 7072 }
+    }
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig { timeout_secs: 30, shutdown_grace_secs: 5 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; keys it leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        Ok(config)
+    }
+
+    /// Rejects settings that cannot work, with the key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.transfer;
+        let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
+        if t.max_frame_bytes < 64 * KIB as u32 {
+            return bad("transfer.max_frame_bytes must be at least 65536");
+        }
+        if t.chunk_bytes == 0 || t.chunk_bytes as u64 + 64 > t.max_frame_bytes as u64 {
+            return bad("transfer.chunk_bytes must be between 1 and max_frame_bytes - 64");
+        }
+        if t.window_bytes < t.chunk_bytes as u64 {
+            return bad("transfer.window_bytes must be at least transfer.chunk_bytes");
+        }
+        if t.max_connections == 0 {
+            return bad("transfer.max_connections must be at least 1");
+        }
+        if t.max_name_bytes == 0 || t.max_name_bytes > 4096 {
+            return bad("transfer.max_name_bytes must be between 1 and 4096");
+        }
+        Ok(())
+    }
+
+    /// Prints as TOML, the format `--config` reads.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// The served root: `root` if set, else `<data>/files`.
+    pub fn root_dir(&self) -> PathBuf {
+        self.root.clone().unwrap_or_else(|| self.data.join("files"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let config = Config::default();
+        let text = config.to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn partial_file_keeps_defaults() {
+        let config: Config = toml::from_str("[transfer]\nport = 9000\n").unwrap();
+        assert_eq!(config.transfer.port, 9000);
+        assert_eq!(config.transfer.window_bytes, 8 * MIB);
+        assert_eq!(config.data, PathBuf::from("ferry-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<Config>("[transfer]\nprot = 9000\n").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_tiny_window() {
+        let mut config = Config::default();
+        config.transfer.window_bytes = 1;
+        assert!(config.validate().is_err());
+    }
+}

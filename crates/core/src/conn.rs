@@ -1,0 +1,289 @@
+//! [`Conn`]: one client socket plus the bytes ferry holds for it.
+//!
+//! Following mini-redis's `Connection`, the read buffer belongs to the
+//! connection and not to a `BufReader`, and so does the queue of output not
+//! yet written. Both can be taken out with [`Conn::into_parts`] at any safe
+//! point, which is what lets a session pause, travel to a new process, and
+//! resume without losing or repeating a byte.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bytes reserved in the read buffer before each read, so one read can take
+/// a large chunk of a fast stream.
+const READ_RESERVE: usize = 256 * 1024;
+/// Most slices handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// A client connection: socket, read buffer, output queue.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    read_buf: BytesMut,
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    /// Hard bound on buffered input; the protocol layer rejects oversized
+    /// frames long before this, so hitting it means a bug or an attack.
+    max_read_buffer: usize,
+}
+
+/// What [`Conn::pump`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoEvent {
+    /// Bytes appended to the read buffer; 0 means the peer closed its side.
+    Read(usize),
+    /// Bytes of queued output written.
+    Wrote(usize),
+}
+
+/// A connection taken apart at a safe point.
+#[derive(Debug)]
+pub struct ConnParts {
+    pub stream: TcpStream,
+    /// Bytes received but not yet parsed.
+    pub read_buf: Vec<u8>,
+    /// Bytes queued but not yet written to the socket.
+    pub pending_out: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, max_read_buffer: usize) -> Conn {
+        Conn::from_parts(stream, &[], &[], max_read_buffer)
+    }
+
+    /// Rebuilds a connection from the pieces [`Conn::into_parts`] returned,
+    /// possibly in another process.
+    pub fn from_parts(stream: TcpStream, read_buf: &[u8], pending_out: &[u8], max_read_buffer: usize) -> Conn {
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_RESERVE.max(read_buf.len())),
+            out: VecDeque::new(),
+            out_len: 0,
+            max_read_buffer: max_read_buffer.max(READ_RESERVE),
+        };
+        conn.read_buf.extend_from_slice(read_buf);
+        if !pending_out.is_empty() {
+            conn.queue(Bytes::copy_from_slice(pending_out));
+        }
+        conn
+    }
+
+    /// Takes the connection apart. Output still queued is returned, not
+    /// written: the caller decides whether to flush it first.
+    pub fn into_parts(self) -> ConnParts {
+        let mut pending_out = Vec::with_capacity(self.out_len);
+        for chunk in &self.out {
+            pending_out.extend_from_slice(chunk);
+        }
+        ConnParts { stream: self.stream, read_buf: self.read_buf.to_vec(), pending_out }
+    }
+
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Unparsed input. Parsers `split_to` complete frames off its front.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        &mut self.read_buf
+    }
+
+    /// Reads whatever the socket has into the read buffer. Returns the number
+    /// of bytes read; 0 means the peer closed its side. Cancel-safe: if the
+    /// future is dropped before completing, nothing was read.
+    pub async fn read_more(&mut self) -> io::Result<usize> {
+        if self.read_buf.len() >= self.max_read_buffer {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer limit reached"));
+        }
+        let room = (self.max_read_buffer - self.read_buf.len()).min(READ_RESERVE);
+        if self.read_buf.capacity() - self.read_buf.len() < room {
+            self.read_buf.reserve(room);
+        }
+        let mut limited = (&mut self.read_buf).limit(room);
+        self.stream.read_buf(&mut limited).await
+    }
+
+    /// Waits until the socket can make progress and makes it: writes queued
+    /// output if there is any and the socket takes it, else reads if
+    /// `want_read`. One borrow of the connection serves both directions, so
+    /// a session's `select!` can also wait on file I/O and the pause signal.
+    /// Cancel-safe. `want_read` false with no output waits forever.
+    pub async fn pump(&mut self, want_read: bool) -> io::Result<IoEvent> {
+        let want_write = self.out_len > 0;
+        let interest = match (want_read, want_write) {
+            (true, true) => Interest::READABLE | Interest::WRITABLE,
+            (true, false) => Interest::READABLE,
+            (false, true) => Interest::WRITABLE,
+            (false, false) => return std::future::pending().await,
+        };
+        loop {
+            let ready = self.stream.ready(interest).await?;
+            if want_write && ready.is_writable() {
+                let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
+                match self.stream.try_write_vectored(&slices) {
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
+                    Ok(n) => {
+                        self.advance_out(n);
+                        return Ok(IoEvent::Wrote(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if want_read && (ready.is_readable() || ready.is_read_closed()) {
+                if self.read_buf.len() >= self.max_read_buffer {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer limit reached"));
+                }
+                let room = (self.max_read_buffer - self.read_buf.len()).min(READ_RESERVE);
+                if self.read_buf.capacity() - self.read_buf.len() < room {
+                    self.read_buf.reserve(room);
+                }
+                let mut limited = (&mut self.read_buf).limit(room);
+                match self.stream.try_read_buf(&mut limited) {
+                    Ok(n) => return Ok(IoEvent::Read(n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Appends bytes to the output queue (not yet written).
+    pub fn queue(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.out_len += bytes.len();
+        self.out.push_back(bytes);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn pending_out(&self) -> usize {
+        self.out_len
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.out_len > 0
+    }
+
+    /// One vectored write of queued output. Cancel-safe: a write either
+    /// happened (and the queue advanced) or it did not.
+    pub async fn write_some(&mut self) -> io::Result<usize> {
+        if self.out_len == 0 {
+            return Ok(0);
+        }
+        let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
+        let n = self.stream.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
+        }
+        self.advance_out(n);
+        Ok(n)
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while self.out_len > 0 {
+            self.write_some().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes as much queued output as the socket takes without waiting.
+    /// Used when pausing: a notice should go out now if it can, and what
+    /// cannot go out travels with the session state.
+    pub fn try_flush(&mut self) -> io::Result<()> {
+        while self.out_len > 0 {
+            let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
+            match self.stream.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
+                Ok(n) => self.advance_out(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn advance_out(&mut self, mut n: usize) {
+        debug_assert!(n <= self.out_len);
+        self.out_len -= n;
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else { break };
+            if front.len() <= n {
+                n -= front.len();
+                self.out.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Closes the write half after flushing, so the peer reads EOF.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.flush().await?;
+        self.stream.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn parts_round_trip_keeps_unread_and_unwritten_bytes() {
+        let (client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        let mut client = client;
+        client.write_all(b"hello world").await.unwrap();
+        while conn.read_buf().len() < 11 {
+            conn.read_more().await.unwrap();
+        }
+        let _ = conn.read_buf().split_to(6);
+        conn.queue(Bytes::from_static(b"pending"));
+        let parts = conn.into_parts();
+        assert_eq!(parts.read_buf, b"world");
+        assert_eq!(parts.pending_out, b"pending");
+        let mut conn = Conn::from_parts(parts.stream, &parts.read_buf, &parts.pending_out, 1 << 20);
+        conn.flush().await.unwrap();
+        let mut got = [0u8; 7];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pending");
+        assert_eq!(&conn.read_buf()[..], b"world");
+    }
+
+    #[tokio::test]
+    async fn queue_advances_across_chunks() {
+        let (client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        for part in [&b"ab"[..], b"cde", b"f"] {
+            conn.queue(Bytes::copy_from_slice(part));
+        }
+        assert_eq!(conn.pending_out(), 6);
+        conn.flush().await.unwrap();
+        assert!(!conn.has_output());
+        let mut client = client;
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abcdef");
+    }
+}

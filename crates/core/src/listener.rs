@@ -1,0 +1,111 @@
+//! Listeners and accept loops: one per service, each spawning a session
+//! task per connection under the service's connection limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::conn::{Conn, ConnParts};
+use crate::pause::PauseSignal;
+use crate::registry::Registry;
+use crate::service::Service;
+use crate::session::{SessionCtx, SessionEnd};
+
+/// A paused session whose state is already serialized: what the runtime
+/// keeps, and what a live upgrade hands to the next process.
+#[derive(Debug)]
+pub struct ParkedSession {
+    pub service: &'static str,
+    pub conn: ConnParts,
+    /// The service's state, serialized (JSON, so later releases can add
+    /// fields with defaults and still read it).
+    pub state: Vec<u8>,
+}
+
+/// What an accept loop and its sessions share with the runtime.
+#[derive(Clone)]
+pub struct LoopCtx {
+    pub registry: Arc<Registry>,
+    pub pause: PauseSignal,
+    /// Where sessions that paused deliver themselves.
+    pub parked: mpsc::Sender<ParkedSession>,
+}
+
+/// Runs `service`'s accept loop until a pause is requested; returns the
+/// listener (still open, still queueing connections in the kernel).
+pub fn spawn_accept_loop<S: Service>(
+    service: Arc<S>,
+    listener: TcpListener,
+    max_connections: usize,
+    ctx: LoopCtx,
+) -> JoinHandle<TcpListener> {
+    let limit = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(async move {
+        let mut pause = ctx.pause.clone();
+        loop {
+            if pause.requested().is_some() {
+                return listener;
+            }
+            let accepted = tokio::select! {
+                biased;
+                _ = pause.wait() => continue,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _peer)) => match limit.clone().try_acquire_owned() {
+                    Ok(permit) => spawn_session(service.clone(), stream, None, Some(permit), ctx.clone()),
+                    Err(_) => {
+                        let service = service.clone();
+                        let conn = Conn::new(stream, service.max_read_buffer());
+                        tokio::spawn(async move {
+                            let reason = format!("too many connections (limit {max_connections})");
+                            service.refuse(conn, reason).await;
+                        });
+                    }
+                },
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(service = S::NAME, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Starts one session task, fresh (`state: None`) or resumed.
+pub fn spawn_session<S: Service>(
+    service: Arc<S>,
+    stream: TcpStream,
+    resume: Option<(S::State, Vec<u8>, Vec<u8>)>,
+    permit: Option<OwnedSemaphorePermit>,
+    ctx: LoopCtx,
+) {
+    tokio::spawn(async move {
+        let _permit = permit;
+        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+        let max = service.max_read_buffer();
+        let (conn, state) = match resume {
+            Some((state, read_buf, pending_out)) => {
+                (Conn::from_parts(stream, &read_buf, &pending_out, max), Some(state))
+            }
+            None => (Conn::new(stream, max), None),
+        };
+        let handle = ctx.registry.register(S::NAME, peer);
+        let session_ctx = SessionCtx { handle, pause: ctx.pause.clone(), registry: ctx.registry.clone() };
+        if let SessionEnd::Paused(parked) = service.run(conn, state, session_ctx).await {
+            match serde_json::to_vec(&parked.state) {
+                Ok(state) => {
+                    let parked = ParkedSession { service: S::NAME, conn: parked.conn, state };
+                    if ctx.parked.send(parked).await.is_err() {
+                        tracing::debug!("runtime gone; dropping a parked session");
+                    }
+                }
+                Err(e) => tracing::error!(service = S::NAME, "cannot serialize session state: {e}"),
+            }
+        }
+    });
+}

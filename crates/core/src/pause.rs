@@ -1,0 +1,104 @@
+//! The pause signal: how the runtime asks every session to stop at its next
+//! safe point.
+//!
+//! One [`PauseTrigger`] per server; every session holds a [`PauseSignal`]
+//! clone and checks it between frames or commands. A pause can be lifted
+//! again (an upgrade that rolled back), so this is a watched value rather
+//! than a one-shot cancellation token.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// Why sessions are asked to pause; decides what the client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PauseReason {
+    /// The session will continue in a new executable; the client is told
+    /// `PAUSED upgrading`.
+    Upgrade,
+    /// The server is stopping; partial transfers stay resumable.
+    Shutdown,
+}
+
+/// The runtime's side: raises and lowers the pause.
+#[derive(Debug)]
+pub struct PauseTrigger {
+    tx: watch::Sender<Option<PauseReason>>,
+}
+
+/// A session's side: asks whether to pause, or waits until it should.
+#[derive(Clone, Debug)]
+pub struct PauseSignal {
+    rx: watch::Receiver<Option<PauseReason>>,
+}
+
+impl PauseTrigger {
+    pub fn new() -> PauseTrigger {
+        let (tx, _rx) = watch::channel(None);
+        PauseTrigger { tx }
+    }
+
+    pub fn signal(&self) -> PauseSignal {
+        PauseSignal { rx: self.tx.subscribe() }
+    }
+
+    pub fn pause(&self, reason: PauseReason) {
+        self.tx.send_replace(Some(reason));
+    }
+
+    /// Lifts the pause; sessions that have not parked yet carry on.
+    pub fn resume(&self) {
+        self.tx.send_replace(None);
+    }
+
+    pub fn current(&self) -> Option<PauseReason> {
+        *self.tx.borrow()
+    }
+}
+
+impl Default for PauseTrigger {
+    fn default() -> Self {
+        PauseTrigger::new()
+    }
+}
+
+impl PauseSignal {
+    /// A signal that never fires, for sessions driven outside a server.
+    pub fn never() -> PauseSignal {
+        let (tx, rx) = watch::channel(None);
+        // Keep the sender alive forever so `wait` pends instead of erroring.
+        std::mem::forget(tx);
+        PauseSignal { rx }
+    }
+
+    /// The pause in force, if any.
+    pub fn requested(&self) -> Option<PauseReason> {
+        *self.rx.borrow()
+    }
+
+    /// Completes once a pause is requested. Cancel-safe.
+    pub async fn wait(&mut self) -> PauseReason {
+        match self.rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => v.unwrap_or(PauseReason::Shutdown),
+            // The trigger is gone: the server is going away.
+            Err(_) => PauseReason::Shutdown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pause_reaches_every_signal_and_can_be_lifted() {
+        let trigger = PauseTrigger::new();
+        let mut a = trigger.signal();
+        let b = trigger.signal();
+        assert_eq!(a.requested(), None);
+        trigger.pause(PauseReason::Upgrade);
+        assert_eq!(a.wait().await, PauseReason::Upgrade);
+        assert_eq!(b.requested(), Some(PauseReason::Upgrade));
+        trigger.resume();
+        assert_eq!(b.requested(), None);
+    }
+}

@@ -1,0 +1,41 @@
+//! The one thing a service supplies: how to run a session.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::conn::Conn;
+use crate::session::{SessionCtx, SessionEnd};
+
+/// A network service whose sessions can pause and resume.
+///
+/// `run` drives one connection from start to end. It is called with
+/// `resume: None` for a fresh connection and with the state a previous
+/// `run` returned in [`SessionEnd::Paused`] to continue one, in this process
+/// or in a new executable. The runtime owns listeners, the pause signal,
+/// serialization of `State`, and moving sockets.
+pub trait Service: Send + Sync + 'static {
+    /// Everything needed to continue a paused session, minus the socket and
+    /// its buffers (which [`crate::Parked`] carries). Must stay decodable by
+    /// the next release: add fields with defaults, never change meanings.
+    type State: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Name used in `listen.json`, status, and handover records.
+    const NAME: &'static str;
+
+    /// Upper bound on a connection's read buffer.
+    fn max_read_buffer(&self) -> usize;
+
+    fn run(
+        self: Arc<Self>,
+        conn: Conn,
+        resume: Option<Self::State>,
+        ctx: SessionCtx,
+    ) -> impl Future<Output = SessionEnd<Self::State>> + Send;
+
+    /// Tells a connection that arrived over the connection limit why it is
+    /// being closed, in the protocol's own form.
+    fn refuse(&self, conn: Conn, reason: String) -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,16 @@
+//! ferry's native transfer service: resumable GET and PUT of files over the
+//! framed protocol of docs/protocol.md, the server's sessions and the
+//! client side used by `ferry get`, `ferry put` and `ferry ls`.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod client;
+pub mod command;
+pub mod error_code;
+pub mod escape;
+pub mod frame;
+pub mod server;
+pub mod wire;
+
+pub use error_code::ErrorCode;
+pub use frame::{Frame, FrameError};
+pub use server::TransferService;

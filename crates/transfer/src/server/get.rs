@@ -1,0 +1,274 @@
+//! GET: stream a file from an offset with a window of unacknowledged
+//! bytes, then `DONE` with the file's BLAKE3.
+//!
+//! The seed's protocol was stop-and-wait (one ACK per DATA). Here ACKs
+//! still mean "consumed up to here", but the server keeps up to
+//! `window_bytes` in flight, reads the next chunk from disk while the
+//! previous one is being written to the socket, and so runs at line rate.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use ferry_core::conn::IoEvent;
+use ferry_core::{Conn, SessionCtx, TransferKind};
+use ferry_files::{Etag, SafeName, StoreError};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::TransferService;
+use super::session::{Opened, Step, announce_resume, closed_by_peer, fail, frame_error, park_transfer};
+use super::state::{GetState, Phase};
+use crate::command::Reply;
+use crate::error_code::ErrorCode;
+use crate::frame::Frame;
+use crate::wire::{queue_frame, take_frame};
+
+/// Handles `GET name [offset=N] [etag=E]`.
+pub(super) async fn start(
+    svc: &Arc<TransferService>,
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    name: String,
+    offset: u64,
+    etag: Option<String>,
+) -> Step {
+    let name = match SafeName::parse(&name, svc.config.max_name_bytes) {
+        Ok(name) => name,
+        Err(e) => return fail(conn, ErrorCode::BadName, &e.to_string()),
+    };
+    let store = svc.store.clone();
+    let lookup = name.clone();
+    let opened = match tokio::task::spawn_blocking(move || store.open_file(&lookup)).await {
+        Ok(result) => result,
+        Err(e) => return fail(conn, ErrorCode::Internal, &format!("open task failed: {e}")),
+    };
+    let (file, meta) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return fail(conn, store_code(&e), &e.to_string()),
+    };
+    if let Some(expected) = etag
+        && expected != meta.etag.as_str()
+    {
+        let msg = format!("{name} changed since the partial download (etag {expected}, now {})", meta.etag);
+        return fail(conn, ErrorCode::Changed, &msg);
+    }
+    if offset > meta.size {
+        return fail(
+            conn,
+            ErrorCode::BadOffset,
+            &format!("offset {offset} is past the end of {name} ({} bytes)", meta.size),
+        );
+    }
+    queue_frame(conn, &Frame::Info(Reply::Ok { size: meta.size, etag: meta.etag.to_string() }.to_string()));
+    ctx.handle.begin_transfer(TransferKind::Get, name.as_str(), Some(meta.size), offset);
+    let state = GetState {
+        name: name.as_str().to_string(),
+        etag: meta.etag.to_string(),
+        size: meta.size,
+        start_offset: offset,
+        sent: offset,
+        acked: offset,
+        done_sent: false,
+    };
+    Step::Next(Phase::Get(state), Some(Opened::Get(Arc::new(file))))
+}
+
+/// The error code a store failure maps to.
+pub(super) fn store_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::NotFound(_) | StoreError::NotAFile(_) => ErrorCode::NotFound,
+        StoreError::Escapes(_) => ErrorCode::BadName,
+        StoreError::TooMany(_) => ErrorCode::Busy,
+        _ => ErrorCode::Io,
+    }
+}
+
+/// Streams the rest of a GET. `file` is the descriptor the GET opened, or
+/// `None` when continuing a parked session (then it is reopened and must
+/// still have the same etag).
+pub(super) async fn run(
+    svc: &Arc<TransferService>,
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    mut st: GetState,
+    file: Option<Arc<File>>,
+    resumed: bool,
+) -> Step {
+    let Ok(name) = SafeName::parse(&st.name, svc.config.max_name_bytes) else {
+        return fail(conn, ErrorCode::Internal, "parked GET holds an invalid name");
+    };
+    let Some(etag) = Etag::parse(&st.etag) else {
+        return fail(conn, ErrorCode::Internal, "parked GET holds an invalid etag");
+    };
+    let file = match file {
+        Some(file) => file,
+        None => match reopen(svc, &name, &etag).await {
+            Ok(file) => file,
+            Err(step) => return step(conn),
+        },
+    };
+    if resumed {
+        ctx.handle.begin_transfer(TransferKind::Get, &st.name, Some(st.size), st.start_offset);
+        ctx.handle.progress(st.acked);
+        announce_resume(conn);
+    }
+
+    let max_frame = svc.config.max_frame_bytes;
+    let chunk = svc.config.chunk_bytes as u64;
+    let window = svc.config.window_bytes;
+    let idle_for = Duration::from_secs(svc.config.idle_timeout_secs);
+    let mut deadline = Instant::now() + idle_for;
+    let mut reading: Option<JoinHandle<std::io::Result<Bytes>>> = None;
+    let mut hashing: Option<JoinHandle<Result<blake3::Hash, String>>> = if st.done_sent {
+        None
+    } else {
+        let (hashes, name, etag, file) = (svc.hashes.clone(), name.clone(), etag.clone(), file.clone());
+        Some(tokio::spawn(async move { hashes.hash(&name, &etag, file).await }))
+    };
+
+    loop {
+        // Safe point: between frames, no read in flight that matters (a
+        // chunk being read is simply read again after the resume).
+        if let Some(reason) = ctx.pause.requested() {
+            if let Some(task) = reading.take() {
+                task.abort();
+            }
+            if let Some(task) = hashing.take() {
+                task.abort();
+            }
+            return park_transfer(conn, Phase::Get(st), reason);
+        }
+        if st.done_sent && st.acked == st.size && !conn.has_output() {
+            ctx.handle.end_transfer(true, None);
+            return Step::Next(Phase::Idle, None);
+        }
+        let in_flight = st.sent - st.acked;
+        if reading.is_none() && st.sent < st.size && in_flight < window && (conn.pending_out() as u64) < 2 * chunk {
+            let len = chunk.min(st.size - st.sent).min(window - in_flight) as usize;
+            let (file, offset) = (file.clone(), st.sent);
+            reading = Some(tokio::task::spawn_blocking(move || read_chunk(&file, offset, len)));
+        }
+        let want_hash = st.sent == st.size && !st.done_sent && hashing.is_some();
+        tokio::select! {
+            biased;
+            _ = ctx.pause.wait() => {}
+            read = join(&mut reading), if reading.is_some() => {
+                reading = None;
+                match read {
+                    Ok(Ok(data)) if !data.is_empty() => {
+                        let n = data.len() as u64;
+                        queue_frame(conn, &Frame::Data { offset: st.sent, data });
+                        st.sent += n;
+                        ctx.registry.add_sent(n);
+                    }
+                    Ok(Ok(_)) => return fail(conn, ErrorCode::Io, &format!("{name} shrank while being sent")),
+                    Ok(Err(e)) => return fail(conn, ErrorCode::Io, &format!("cannot read {name}: {e}")),
+                    Err(e) => return fail(conn, ErrorCode::Internal, &format!("read task failed: {e}")),
+                }
+            }
+            hash = join(&mut hashing), if want_hash => {
+                hashing = None;
+                match hash {
+                    Ok(Ok(hash)) => {
+                        let done = Reply::Done { size: st.size, blake3: hash.to_hex().to_string() };
+                        queue_frame(conn, &Frame::Info(done.to_string()));
+                        st.done_sent = true;
+                    }
+                    Ok(Err(e)) => return fail(conn, ErrorCode::Io, &e),
+                    Err(e) => return fail(conn, ErrorCode::Internal, &format!("hash task failed: {e}")),
+                }
+            }
+            event = conn.pump(true) => match event {
+                Ok(IoEvent::Wrote(_)) => {}
+                Ok(IoEvent::Read(0)) => {
+                    ctx.handle.end_transfer(false, Some("client closed the connection".into()));
+                    return closed_by_peer(conn);
+                }
+                Ok(IoEvent::Read(_)) => {
+                    deadline = Instant::now() + idle_for;
+                    loop {
+                        match take_frame(conn, max_frame) {
+                            Ok(Some(Frame::Ack(offset))) => {
+                                if offset > st.sent {
+                                    let msg = format!("ACK {offset} is beyond the {} bytes sent", st.sent);
+                                    return fail(conn, ErrorCode::BadOffset, &msg);
+                                }
+                                if offset > st.acked {
+                                    st.acked = offset;
+                                    ctx.handle.progress(offset);
+                                }
+                            }
+                            Ok(Some(Frame::Error(msg))) => {
+                                ctx.handle.end_transfer(false, Some(format!("client error: {msg}")));
+                                return Step::Close;
+                            }
+                            Ok(Some(other)) => {
+                                let msg = format!("only ACK is expected during a GET, got {:?}", other.frame_type());
+                                return fail(conn, ErrorCode::BadCommand, &msg);
+                            }
+                            Ok(None) => break,
+                            Err(e) => return frame_error(conn, e),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("GET {name}: connection failed: {e}");
+                    return Step::Close;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return fail(conn, ErrorCode::Timeout, &format!("no acknowledgement for {}s", idle_for.as_secs()));
+            }
+        }
+    }
+}
+
+/// Reopens a parked GET's file; it must be the same version.
+async fn reopen(
+    svc: &Arc<TransferService>,
+    name: &SafeName,
+    etag: &Etag,
+) -> Result<Arc<File>, Box<dyn FnOnce(&mut Conn) -> Step + Send>> {
+    let store = svc.store.clone();
+    let lookup = name.clone();
+    match tokio::task::spawn_blocking(move || store.open_file(&lookup)).await {
+        Ok(Ok((file, meta))) if &meta.etag == etag => Ok(Arc::new(file)),
+        Ok(Ok((_, meta))) => {
+            let msg = format!("{name} changed during the pause (etag {etag}, now {})", meta.etag);
+            Err(Box::new(move |conn| fail(conn, ErrorCode::Changed, &msg)))
+        }
+        Ok(Err(e)) => Err(Box::new(move |conn| fail(conn, store_code(&e), &e.to_string()))),
+        Err(e) => {
+            let msg = format!("open task failed: {e}");
+            Err(Box::new(move |conn| fail(conn, ErrorCode::Internal, &msg)))
+        }
+    }
+}
+
+/// Reads up to `len` bytes at `offset` (positional, so concurrent GETs of
+/// one file share nothing but the page cache).
+fn read_chunk(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf.freeze())
+}
+
+/// Awaits an optional task; callers guard with `is_some()`.
+pub(super) async fn join<T>(task: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match task.as_mut() {
+        Some(task) => task.await,
+        None => std::future::pending().await,
+    }
+}

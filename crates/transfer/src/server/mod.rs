@@ -1,0 +1,90 @@
+//! The transfer service's server side: one session per connection, each a
+//! small state machine (idle → GET or PUT → idle) that can pause at any
+//! frame boundary and resume from its [`SessionState`].
+
+mod get;
+mod hashes;
+mod list;
+mod put;
+mod session;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::config::TransferConfig;
+use ferry_core::{Conn, Service, SessionCtx, SessionEnd};
+use ferry_files::FileStore;
+
+pub use hashes::HashService;
+pub use state::{GetState, Phase, PutState, STATE_FORMAT, SessionState};
+
+use crate::error_code::ErrorCode;
+use crate::frame::{Frame, HEADER_LEN};
+
+/// How often expired partial uploads are swept.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(3600);
+/// Entries kept in the BLAKE3 cache of stored files.
+const HASH_CACHE_ENTRIES: usize = 100_000;
+
+/// The native transfer service over one file store.
+pub struct TransferService {
+    store: Arc<FileStore>,
+    hashes: Arc<HashService>,
+    config: TransferConfig,
+}
+
+impl TransferService {
+    pub fn new(store: Arc<FileStore>, config: TransferConfig) -> Arc<TransferService> {
+        Arc::new(TransferService { store, hashes: Arc::new(HashService::new(HASH_CACHE_ENTRIES)), config })
+    }
+
+    pub fn store(&self) -> &Arc<FileStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &TransferConfig {
+        &self.config
+    }
+
+    /// Starts the background sweep of expired partial uploads.
+    pub fn spawn_housekeeping(self: &Arc<Self>) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let max_age = Duration::from_secs(svc.config.upload_expiry_secs);
+            loop {
+                let store = svc.store.clone();
+                match tokio::task::spawn_blocking(move || store.expire_uploads(max_age)).await {
+                    Ok(Ok(n)) if n > 0 => tracing::info!("removed {n} expired partial uploads"),
+                    Ok(Err(e)) => tracing::warn!("cannot sweep partial uploads: {e}"),
+                    _ => {}
+                }
+                tokio::time::sleep(EXPIRY_SWEEP).await;
+            }
+        });
+    }
+}
+
+impl Service for TransferService {
+    type State = SessionState;
+    const NAME: &'static str = "transfer";
+
+    fn max_read_buffer(&self) -> usize {
+        // One whole frame plus one read's worth of the next.
+        self.config.max_frame_bytes as usize + HEADER_LEN + 512 * 1024
+    }
+
+    fn run(
+        self: Arc<Self>,
+        conn: Conn,
+        resume: Option<SessionState>,
+        ctx: SessionCtx,
+    ) -> impl Future<Output = SessionEnd<SessionState>> + Send {
+        session::run(self, conn, resume, ctx)
+    }
+
+    async fn refuse(&self, mut conn: Conn, reason: String) {
+        crate::wire::queue_frame(&mut conn, &Frame::Error(ErrorCode::Busy.message(reason)));
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
+    }
+}

@@ -1,0 +1,333 @@
+//! PUT: receive a file into `uploads/<id>`, acknowledge what is written,
+//! verify size and BLAKE3 on `DONE`, then fsync and rename into place.
+//!
+//! Received DATA frames are written in batches on a blocking thread while
+//! the socket keeps being read, so network and disk overlap. A batch in
+//! flight is the only thing that delays a pause: the safe point is when
+//! every received byte before it is on disk and hashed.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_core::conn::IoEvent;
+use ferry_core::{Conn, SessionCtx, TransferKind};
+use ferry_files::{ResumableHash, SafeName, UploadId, hash_file_prefix};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::TransferService;
+use super::get::{join, store_code};
+use super::session::{Opened, Step, announce_resume, closed_by_peer, fail, frame_error, park_transfer};
+use super::state::{Phase, PutState};
+use crate::command::{Reply, Request};
+use crate::error_code::ErrorCode;
+use crate::frame::Frame;
+use crate::wire::{queue_frame, take_frame};
+
+/// Most bytes of DATA handed to one blocking write.
+const MAX_BATCH: usize = 4 << 20;
+
+/// An upload file opened by `PUT`, with the hash of what it already holds.
+pub(super) struct OpenUpload {
+    file: Arc<File>,
+    hash: ResumableHash,
+}
+
+type WriteResult = std::io::Result<(ResumableHash, u64)>;
+
+/// Handles `PUT name [size=N] [id=ID]`: opens or resumes the partial
+/// upload and answers ACK with the offset to send from.
+pub(super) async fn start(
+    svc: &Arc<TransferService>,
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    name: String,
+    size: Option<u64>,
+    id: Option<String>,
+) -> Step {
+    let name = match SafeName::parse(&name, svc.config.max_name_bytes) {
+        Ok(name) => name,
+        Err(e) => return fail(conn, ErrorCode::BadName, &e.to_string()),
+    };
+    if let Err(e) = svc.store.resolve(&name) {
+        return fail(conn, store_code(&e), &e.to_string());
+    }
+    let max = svc.config.max_file_bytes;
+    if let Some(size) = size
+        && size > max
+    {
+        return fail(conn, ErrorCode::TooLarge, &format!("{size} bytes is over the file size limit of {max}"));
+    }
+    let id = match id {
+        Some(raw) => match UploadId::parse(&raw) {
+            Some(id) => id,
+            None => return fail(conn, ErrorCode::BadCommand, &format!("invalid upload id {raw:?} (32 hex digits)")),
+        },
+        None => UploadId::from_bytes(rand::random()),
+    };
+    let (store, upload_id, upload_name) = (svc.store.clone(), id.clone(), name.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let upload = store.open_upload(&upload_id, &upload_name, size).map_err(|e| (store_code(&e), e.to_string()))?;
+        let mut hash = ResumableHash::new();
+        hash_file_prefix(&upload.file, upload.durable_len, &mut hash)
+            .map_err(|e| (ErrorCode::Io, format!("cannot read partial upload: {e}")))?;
+        Ok::<_, (ErrorCode, String)>((upload.file, upload.durable_len, hash))
+    })
+    .await;
+    let (file, durable, hash) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err((code, msg))) => return fail(conn, code, &msg),
+        Err(e) => return fail(conn, ErrorCode::Internal, &format!("open task failed: {e}")),
+    };
+    queue_frame(conn, &Frame::Ack(durable));
+    ctx.handle.begin_transfer(TransferKind::Put, name.as_str(), size, durable);
+    ctx.handle.progress(durable);
+    let state = PutState {
+        name: name.as_str().to_string(),
+        upload_id: id.as_str().to_string(),
+        size,
+        start_offset: durable,
+        written: durable,
+        hash: hash.checkpoint(),
+    };
+    Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(OpenUpload { file: Arc::new(file), hash }))))
+}
+
+/// Receives the rest of a PUT.
+pub(super) async fn run(
+    svc: &Arc<TransferService>,
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    mut st: PutState,
+    upload: Option<OpenUpload>,
+    resumed: bool,
+) -> Step {
+    let Ok(name) = SafeName::parse(&st.name, svc.config.max_name_bytes) else {
+        return fail(conn, ErrorCode::Internal, "parked PUT holds an invalid name");
+    };
+    let Some(id) = UploadId::parse(&st.upload_id) else {
+        return fail(conn, ErrorCode::Internal, "parked PUT holds an invalid upload id");
+    };
+    let upload = match upload {
+        Some(upload) => upload,
+        None => match reopen(svc, &st, &id, &name).await {
+            Ok(upload) => upload,
+            Err(msg) => return fail(conn, ErrorCode::Io, &msg),
+        },
+    };
+    let file = upload.file;
+    let mut hash = Some(upload.hash);
+    if resumed {
+        ctx.handle.begin_transfer(TransferKind::Put, &st.name, st.size, st.start_offset);
+        ctx.handle.progress(st.written);
+        announce_resume(conn);
+    }
+
+    let max_frame = svc.config.max_frame_bytes;
+    let limit = st.size.unwrap_or(svc.config.max_file_bytes);
+    let idle_for = Duration::from_secs(svc.config.idle_timeout_secs);
+    let mut deadline = Instant::now() + idle_for;
+    let mut writing: Option<JoinHandle<WriteResult>> = None;
+    // A non-DATA frame that ended a batch; handled once the batch is written.
+    let mut stash: Option<Frame> = None;
+
+    loop {
+        if writing.is_none() {
+            if let Some(reason) = ctx.pause.requested() {
+                let Some(hash) = hash.as_ref() else {
+                    return fail(conn, ErrorCode::Internal, "hash state missing");
+                };
+                st.hash = hash.checkpoint();
+                return park_transfer(conn, Phase::Put(st), reason);
+            }
+            let frame = match stash.take() {
+                Some(frame) => Some(frame),
+                None => match take_frame(conn, max_frame) {
+                    Ok(frame) => frame,
+                    Err(e) => return frame_error(conn, e),
+                },
+            };
+            match frame {
+                Some(Frame::Data { offset, data }) => {
+                    // Gather this and any following DATA into one batch.
+                    let mut batch = vec![data];
+                    let mut end = st.written;
+                    let mut next_offset = offset;
+                    while let Some(last) = batch.last() {
+                        if next_offset != end {
+                            let msg = format!("DATA at offset {next_offset}, expected {end}");
+                            return fail(conn, ErrorCode::BadOffset, &msg);
+                        }
+                        end += last.len() as u64;
+                        if end > limit {
+                            let msg = format!("upload exceeds {limit} bytes");
+                            return fail(conn, ErrorCode::TooLarge, &msg);
+                        }
+                        if (end - st.written) as usize >= MAX_BATCH {
+                            break;
+                        }
+                        match take_frame(conn, max_frame) {
+                            Ok(Some(Frame::Data { offset, data })) => {
+                                next_offset = offset;
+                                batch.push(data);
+                            }
+                            Ok(Some(other)) => {
+                                stash = Some(other);
+                                break;
+                            }
+                            Ok(None) => break,
+                            Err(e) => return frame_error(conn, e),
+                        }
+                    }
+                    let Some(hasher) = hash.take() else {
+                        return fail(conn, ErrorCode::Internal, "hash state missing");
+                    };
+                    let (file, at) = (file.clone(), st.written);
+                    writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, at, batch, hasher)));
+                    continue;
+                }
+                Some(Frame::Info(line)) => {
+                    let Some(hasher) = hash.as_ref() else {
+                        return fail(conn, ErrorCode::Internal, "hash state missing");
+                    };
+                    return match Request::parse(&line) {
+                        Ok(Request::Done { size, blake3 }) => {
+                            finish(svc, conn, ctx, &st, &name, &id, hasher, size, &blake3).await
+                        }
+                        Ok(_) => fail(conn, ErrorCode::BadCommand, "a PUT in progress accepts only DATA and DONE"),
+                        Err(e) => fail(conn, ErrorCode::BadCommand, &e.0),
+                    };
+                }
+                Some(Frame::Error(msg)) => {
+                    // The client gave up; the partial upload stays resumable.
+                    ctx.handle.end_transfer(false, Some(format!("client error: {msg}")));
+                    return Step::Close;
+                }
+                Some(other) => {
+                    let msg = format!("a PUT in progress accepts only DATA and DONE, got {:?}", other.frame_type());
+                    return fail(conn, ErrorCode::BadCommand, &msg);
+                }
+                None => {}
+            }
+        }
+        // Read more while a batch is being written, up to about one batch.
+        let want_read = conn.read_buf().len() < MAX_BATCH + max_frame as usize;
+        tokio::select! {
+            biased;
+            _ = ctx.pause.wait(), if writing.is_none() => {}
+            done = join(&mut writing), if writing.is_some() => {
+                writing = None;
+                match done {
+                    Ok(Ok((hasher, n))) => {
+                        st.written += n;
+                        hash = Some(hasher);
+                        ctx.registry.add_received(n);
+                        ctx.handle.progress(st.written);
+                        queue_frame(conn, &Frame::Ack(st.written));
+                    }
+                    Ok(Err(e)) => return fail(conn, ErrorCode::Io, &format!("cannot write upload: {e}")),
+                    Err(e) => return fail(conn, ErrorCode::Internal, &format!("write task failed: {e}")),
+                }
+            }
+            event = conn.pump(want_read), if want_read || conn.has_output() => match event {
+                Ok(IoEvent::Wrote(_)) => {}
+                Ok(IoEvent::Read(0)) => {
+                    if let Some(task) = writing.take() {
+                        // Let the last batch land so the upload resumes after it.
+                        let _ = task.await;
+                    }
+                    ctx.handle.end_transfer(false, Some("client closed the connection".into()));
+                    return closed_by_peer(conn);
+                }
+                Ok(IoEvent::Read(_)) => deadline = Instant::now() + idle_for,
+                Err(e) => {
+                    tracing::debug!("PUT {name}: connection failed: {e}");
+                    return Step::Close;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline), if writing.is_none() => {
+                return fail(conn, ErrorCode::Timeout, &format!("no data for {}s", idle_for.as_secs()));
+            }
+        }
+    }
+}
+
+/// Writes a batch at `at` and feeds it to the hash, on a blocking thread.
+fn write_batch(file: &File, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash) -> WriteResult {
+    let mut offset = at;
+    for data in &batch {
+        file.write_all_at(data, offset)?;
+        hash.update(data);
+        offset += data.len() as u64;
+    }
+    Ok((hash, offset - at))
+}
+
+/// `DONE size=N blake3=H`: verify, make durable, rename into place.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    svc: &Arc<TransferService>,
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    st: &PutState,
+    name: &SafeName,
+    id: &UploadId,
+    hash: &ResumableHash,
+    size: u64,
+    blake3: &str,
+) -> Step {
+    let mismatch = if st.size.is_some_and(|declared| declared != size) {
+        Some(format!("DONE says {size} bytes but PUT declared {:?}", st.size))
+    } else if st.written != size {
+        Some(format!("received {} bytes, DONE says {size}", st.written))
+    } else {
+        let actual = hash.finalize().to_hex();
+        (actual.as_str() != blake3.to_ascii_lowercase())
+            .then(|| format!("BLAKE3 mismatch: received {actual}, DONE says {blake3}"))
+    };
+    if let Some(msg) = mismatch {
+        let (store, id) = (svc.store.clone(), id.clone());
+        let _ = tokio::task::spawn_blocking(move || store.discard_upload(&id)).await;
+        ctx.handle.end_transfer(false, Some(msg.clone()));
+        return fail(conn, ErrorCode::VerifyFailed, &format!("{msg}; nothing was stored"));
+    }
+    let (store, upload, target) = (svc.store.clone(), id.clone(), name.clone());
+    let meta = match tokio::task::spawn_blocking(move || store.finish_upload(&upload, &target)).await {
+        Ok(Ok(meta)) => meta,
+        Ok(Err(e)) => return fail(conn, ErrorCode::Io, &format!("cannot store {name}: {e}")),
+        Err(e) => return fail(conn, ErrorCode::Internal, &format!("commit task failed: {e}")),
+    };
+    let digest = hash.finalize();
+    svc.hashes.insert(name, meta.etag.clone(), digest);
+    let stored = Reply::Stored { size, etag: meta.etag.to_string(), blake3: digest.to_hex().to_string() };
+    queue_frame(conn, &Frame::Info(stored.to_string()));
+    ctx.handle.set_size(size);
+    ctx.handle.end_transfer(true, None);
+    Step::Next(Phase::Idle, None)
+}
+
+/// Reopens a parked PUT's partial upload and rebuilds its hash from the
+/// checkpoint plus the bytes after it.
+async fn reopen(
+    svc: &Arc<TransferService>,
+    st: &PutState,
+    id: &UploadId,
+    name: &SafeName,
+) -> Result<OpenUpload, String> {
+    let (store, id, name, size, written, checkpoint) =
+        (svc.store.clone(), id.clone(), name.clone(), st.size, st.written, st.hash.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let upload = store.open_upload(&id, &name, size).map_err(|e| e.to_string())?;
+        if upload.durable_len < written {
+            return Err(format!("partial upload holds {} bytes, expected {written}", upload.durable_len));
+        }
+        upload.file.set_len(written).map_err(|e| format!("cannot trim partial upload: {e}"))?;
+        let mut hash = ResumableHash::from_checkpoint(&checkpoint).map_err(|e| e.to_string())?;
+        hash_file_prefix(&upload.file, written, &mut hash).map_err(|e| format!("cannot read partial upload: {e}"))?;
+        Ok(OpenUpload { file: Arc::new(upload.file), hash })
+    });
+    task.await.map_err(|e| format!("reopen task failed: {e}"))?
+}
