@@ -177,8 +177,10 @@ impl Config {
         if t.chunk_bytes == 0 || t.chunk_bytes as u64 + 64 > t.max_frame_bytes as u64 {
             return bad("transfer.chunk_bytes must be between 1 and max_frame_bytes - 64");
         }
-        if t.window_bytes < t.chunk_bytes as u64 {
-            return bad("transfer.window_bytes must be at least transfer.chunk_bytes");
+        // Clients acknowledge at least every MiB consumed; a smaller window
+        // would stall a GET waiting for an ACK that never comes.
+        if t.window_bytes < MIB || t.window_bytes < t.chunk_bytes as u64 {
+            return bad("transfer.window_bytes must be at least 1048576 and at least transfer.chunk_bytes");
         }
         if t.max_connections == 0 {
             return bad("transfer.max_connections must be at least 1");

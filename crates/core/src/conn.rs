@@ -33,13 +33,26 @@ pub struct Conn {
     max_read_buffer: usize,
 }
 
-/// What [`Conn::pump`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoEvent {
-    /// Bytes appended to the read buffer; 0 means the peer closed its side.
-    Read(usize),
+/// What [`Conn::pump`] did: possibly both read and written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoEvent {
+    /// Bytes appended to the read buffer; `Some(0)` means the peer closed
+    /// its side.
+    pub read: Option<usize>,
     /// Bytes of queued output written.
-    Wrote(usize),
+    pub wrote: usize,
+}
+
+impl IoEvent {
+    /// The peer closed its side (read returned 0).
+    pub fn peer_closed(&self) -> bool {
+        self.read == Some(0)
+    }
+
+    /// New input arrived.
+    pub fn got_input(&self) -> bool {
+        self.read.is_some_and(|n| n > 0)
+    }
 }
 
 /// A connection taken apart at a safe point.
@@ -114,9 +127,11 @@ impl Conn {
     }
 
     /// Waits until the socket can make progress and makes it: writes queued
-    /// output if there is any and the socket takes it, else reads if
-    /// `want_read`. One borrow of the connection serves both directions, so
-    /// a session's `select!` can also wait on file I/O and the pause signal.
+    /// output if the socket takes it, and reads if `want_read` and input is
+    /// there — both in one call when both are ready, so neither direction
+    /// starves the other (a sender must see ACKs while it streams). One
+    /// borrow of the connection serves both directions, so a session's
+    /// `select!` can also wait on file I/O and the pause signal.
     /// Cancel-safe. `want_read` false with no output waits forever.
     pub async fn pump(&mut self, want_read: bool) -> io::Result<IoEvent> {
         let want_write = self.out_len > 0;
@@ -128,13 +143,14 @@ impl Conn {
         };
         loop {
             let ready = self.stream.ready(interest).await?;
+            let mut event = IoEvent::default();
             if want_write && ready.is_writable() {
                 let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
                 match self.stream.try_write_vectored(&slices) {
                     Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
                     Ok(n) => {
                         self.advance_out(n);
-                        return Ok(IoEvent::Wrote(n));
+                        event.wrote = n;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
@@ -150,10 +166,13 @@ impl Conn {
                 }
                 let mut limited = (&mut self.read_buf).limit(room);
                 match self.stream.try_read_buf(&mut limited) {
-                    Ok(n) => return Ok(IoEvent::Read(n)),
+                    Ok(n) => event.read = Some(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
+            }
+            if event.read.is_some() || event.wrote > 0 {
+                return Ok(event);
             }
         }
     }

@@ -64,9 +64,7 @@ impl Default for PauseTrigger {
 impl PauseSignal {
     /// A signal that never fires, for sessions driven outside a server.
     pub fn never() -> PauseSignal {
-        let (tx, rx) = watch::channel(None);
-        // Keep the sender alive forever so `wait` pends instead of erroring.
-        std::mem::forget(tx);
+        let (_tx, rx) = watch::channel(None);
         PauseSignal { rx }
     }
 
@@ -75,12 +73,17 @@ impl PauseSignal {
         *self.rx.borrow()
     }
 
-    /// Completes once a pause is requested. Cancel-safe.
+    /// Completes once a pause is requested. Cancel-safe. If the trigger is
+    /// gone no pause can come any more, so this never completes (rather
+    /// than completing at once and turning callers' loops into spins).
     pub async fn wait(&mut self) -> PauseReason {
-        match self.rx.wait_for(|v| v.is_some()).await {
-            Ok(v) => v.unwrap_or(PauseReason::Shutdown),
-            // The trigger is gone: the server is going away.
-            Err(_) => PauseReason::Shutdown,
+        let reason = match self.rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => *v,
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 }
@@ -100,5 +103,12 @@ mod tests {
         assert_eq!(b.requested(), Some(PauseReason::Upgrade));
         trigger.resume();
         assert_eq!(b.requested(), None);
+    }
+
+    #[tokio::test]
+    async fn a_signal_without_trigger_never_fires() {
+        let mut never = PauseSignal::never();
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), never.wait()).await;
+        assert!(waited.is_err());
     }
 }

@@ -207,8 +207,11 @@ impl Download<'_> {
                         self.sink
                             .finish()
                             .map_err(|e| ClientError::Local(format!("cannot finish {}: {e}", self.sink.name())))?;
-                        // The server counts the transfer done on this ACK.
-                        conn.send(&Frame::Ack(pos)).await?;
+                        // The server counts the transfer done on the ACK of
+                        // the last byte; send it unless it already went out.
+                        if acked < pos {
+                            conn.send(&Frame::Ack(pos)).await?;
+                        }
                         return Ok((size, actual));
                     }
                     Ok(Reply::Paused { reason }) => obs.notice(&format!("server paused the transfer: {reason}")),

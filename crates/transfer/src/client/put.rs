@@ -5,7 +5,6 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use ferry_core::conn::IoEvent;
 use serde::{Deserialize, Serialize};
 
 use super::ClientOptions;
@@ -229,11 +228,7 @@ impl Upload<'_> {
                 Ok(Err(e)) => return Err(ClientError::Connection(e)),
                 Err(_) => return Err(timed_out(timeout)),
             };
-            match event {
-                IoEvent::Wrote(_) => continue,
-                IoEvent::Read(0) => return Err(closed()),
-                IoEvent::Read(_) => {}
-            }
+            let closed_now = event.peer_closed();
             loop {
                 let frame = match take_frame(conn, max_frame) {
                     Ok(Some(frame)) => frame,
@@ -272,6 +267,9 @@ impl Upload<'_> {
                     Frame::Error(msg) => return Err(ClientError::server(&msg)),
                     other => return Err(ClientError::Protocol(format!("unexpected {:?} frame", other.frame_type()))),
                 }
+            }
+            if closed_now {
+                return Err(closed());
             }
         }
     }

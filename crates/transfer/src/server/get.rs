@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::conn::IoEvent;
 use ferry_core::{Conn, SessionCtx, TransferKind};
 use ferry_files::{Etag, SafeName, StoreError};
 use tokio::task::JoinHandle;
@@ -81,7 +80,9 @@ pub(super) fn store_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::NotFound(_) | StoreError::NotAFile(_) => ErrorCode::NotFound,
         StoreError::Escapes(_) => ErrorCode::BadName,
-        StoreError::TooMany(_) => ErrorCode::Busy,
+        StoreError::TooMany(_) => ErrorCode::TooLarge,
+        // A parent of the name is a file: the name cannot exist.
+        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotADirectory => ErrorCode::BadName,
         _ => ErrorCode::Io,
     }
 }
@@ -182,14 +183,12 @@ pub(super) async fn run(
                 }
             }
             event = conn.pump(true) => match event {
-                Ok(IoEvent::Wrote(_)) => {}
-                Ok(IoEvent::Read(0)) => {
-                    ctx.handle.end_transfer(false, Some("client closed the connection".into()));
-                    return closed_by_peer(conn);
-                }
-                Ok(IoEvent::Read(_)) => {
+                Ok(event) if !event.got_input() && !event.peer_closed() => {}
+                Ok(event) => {
                     deadline = Instant::now() + idle_for;
-                    loop {
+                    // Once the final ACK is in, later frames belong to the
+                    // next command: leave them for the idle loop.
+                    while !(st.done_sent && st.acked == st.size) {
                         match take_frame(conn, max_frame) {
                             Ok(Some(Frame::Ack(offset))) => {
                                 if offset > st.sent {
@@ -212,6 +211,10 @@ pub(super) async fn run(
                             Ok(None) => break,
                             Err(e) => return frame_error(conn, e),
                         }
+                    }
+                    if event.peer_closed() && !(st.done_sent && st.acked == st.size) {
+                        ctx.handle.end_transfer(false, Some("client closed the connection".into()));
+                        return closed_by_peer(conn);
                     }
                 }
                 Err(e) => {

@@ -20,7 +20,7 @@ pub use hashes::HashService;
 pub use state::{GetState, Phase, PutState, STATE_FORMAT, SessionState};
 
 use crate::error_code::ErrorCode;
-use crate::frame::{Frame, HEADER_LEN};
+use crate::frame::Frame;
 
 /// How often expired partial uploads are swept.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(3600);
@@ -70,8 +70,8 @@ impl Service for TransferService {
     const NAME: &'static str = "transfer";
 
     fn max_read_buffer(&self) -> usize {
-        // One whole frame plus one read's worth of the next.
-        self.config.max_frame_bytes as usize + HEADER_LEN + 512 * 1024
+        // What a PUT buffers while writing, plus one read's worth.
+        put::read_high_water(self.config.max_frame_bytes) + 512 * 1024
     }
 
     fn run(
@@ -88,3 +88,6 @@ impl Service for TransferService {
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
     }
 }
+
+#[cfg(test)]
+mod pause_tests;

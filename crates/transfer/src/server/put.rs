@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_core::conn::IoEvent;
 use ferry_core::{Conn, SessionCtx, TransferKind};
 use ferry_files::{ResumableHash, SafeName, UploadId, hash_file_prefix};
 use tokio::task::JoinHandle;
@@ -28,7 +27,13 @@ use crate::frame::Frame;
 use crate::wire::{queue_frame, take_frame};
 
 /// Most bytes of DATA handed to one blocking write.
-const MAX_BATCH: usize = 4 << 20;
+pub(super) const MAX_BATCH: usize = 1 << 20;
+
+/// Buffered input at which a PUT stops reading while a batch is written:
+/// one batch plus one whole frame, so a frame can always complete.
+pub(super) fn read_high_water(max_frame: u32) -> usize {
+    MAX_BATCH + max_frame as usize + crate::frame::HEADER_LEN
+}
 
 /// An upload file opened by `PUT`, with the hash of what it already holds.
 pub(super) struct OpenUpload {
@@ -52,8 +57,13 @@ pub(super) async fn start(
         Ok(name) => name,
         Err(e) => return fail(conn, ErrorCode::BadName, &e.to_string()),
     };
-    if let Err(e) = svc.store.resolve(&name) {
-        return fail(conn, store_code(&e), &e.to_string());
+    match svc.store.resolve(&name) {
+        Ok(path) => {
+            if let Some(msg) = unwritable(svc.store.root(), &path, &name) {
+                return fail(conn, ErrorCode::BadName, &msg);
+            }
+        }
+        Err(e) => return fail(conn, store_code(&e), &e.to_string()),
     }
     let max = svc.config.max_file_bytes;
     if let Some(size) = size
@@ -82,6 +92,7 @@ pub(super) async fn start(
         Ok(Err((code, msg))) => return fail(conn, code, &msg),
         Err(e) => return fail(conn, ErrorCode::Internal, &format!("open task failed: {e}")),
     };
+    tracing::info!(id = id.as_str(), "PUT {name}: receiving from offset {durable}");
     queue_frame(conn, &Frame::Ack(durable));
     ctx.handle.begin_transfer(TransferKind::Put, name.as_str(), size, durable);
     ctx.handle.progress(durable);
@@ -214,7 +225,7 @@ pub(super) async fn run(
             }
         }
         // Read more while a batch is being written, up to about one batch.
-        let want_read = conn.read_buf().len() < MAX_BATCH + max_frame as usize;
+        let want_read = conn.read_buf().len() < read_high_water(max_frame);
         tokio::select! {
             biased;
             _ = ctx.pause.wait(), if writing.is_none() => {}
@@ -233,16 +244,22 @@ pub(super) async fn run(
                 }
             }
             event = conn.pump(want_read), if want_read || conn.has_output() => match event {
-                Ok(IoEvent::Wrote(_)) => {}
-                Ok(IoEvent::Read(0)) => {
+                Ok(event) if event.peer_closed() => {
                     if let Some(task) = writing.take() {
                         // Let the last batch land so the upload resumes after it.
-                        let _ = task.await;
+                        if let Ok(Ok((_, n))) = task.await {
+                            st.written += n;
+                            ctx.handle.progress(st.written);
+                        }
                     }
                     ctx.handle.end_transfer(false, Some("client closed the connection".into()));
                     return closed_by_peer(conn);
                 }
-                Ok(IoEvent::Read(_)) => deadline = Instant::now() + idle_for,
+                Ok(event) => {
+                    if event.got_input() {
+                        deadline = Instant::now() + idle_for;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!("PUT {name}: connection failed: {e}");
                     return Step::Close;
@@ -253,6 +270,27 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// Why `name` cannot be stored at `path`, if it cannot: the path is a
+/// directory, or one of its parents inside the root is a file. Caught at
+/// PUT rather than after the whole upload.
+fn unwritable(root: &std::path::Path, path: &std::path::Path, name: &SafeName) -> Option<String> {
+    if path.is_dir() {
+        return Some(format!("{name} is a directory"));
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == root || !d.starts_with(root) {
+            break;
+        }
+        if d.exists() && !d.is_dir() {
+            let parent = d.strip_prefix(root).unwrap_or(d).display().to_string();
+            return Some(format!("cannot store {name}: {parent} is a file"));
+        }
+        dir = d.parent();
+    }
+    None
 }
 
 /// Writes a batch at `at` and feeds it to the hash, on a blocking thread.
@@ -280,7 +318,7 @@ async fn finish(
     blake3: &str,
 ) -> Step {
     let mismatch = if st.size.is_some_and(|declared| declared != size) {
-        Some(format!("DONE says {size} bytes but PUT declared {:?}", st.size))
+        Some(format!("DONE says {size} bytes but PUT declared {}", st.size.unwrap_or(0)))
     } else if st.written != size {
         Some(format!("received {} bytes, DONE says {size}", st.written))
     } else {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::conn::IoEvent;
 use ferry_core::{Conn, Parked, PauseReason, SessionCtx, SessionEnd};
 use tokio::time::Instant;
 
@@ -130,9 +129,12 @@ async fn idle(svc: &Arc<TransferService>, conn: &mut Conn, ctx: &mut SessionCtx)
             // before parking; a pause only waits for the next pass.
             _ = ctx.pause.wait(), if !conn.has_output() => {}
             event = conn.pump(true) => match event {
-                Ok(IoEvent::Read(0)) => return closed_by_peer(conn),
-                Ok(IoEvent::Read(_)) => deadline = Instant::now() + idle_for,
-                Ok(IoEvent::Wrote(_)) => {}
+                Ok(event) if event.peer_closed() => return closed_by_peer(conn),
+                Ok(event) => {
+                    if event.got_input() {
+                        deadline = Instant::now() + idle_for;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!("connection failed: {e}");
                     return Step::Close;

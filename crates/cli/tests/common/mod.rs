@@ -1,0 +1,232 @@
+//! Shared end-to-end harness: starts the real `ferry` binary on ephemeral
+//! ports under a temp dir, waits for `listen.json` with a deadline (never a
+//! fixed sleep), and drives it with real clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::borrow::BorrowMut;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The `ferry` binary under test.
+pub fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+/// Polls `check` until it returns `Some` or `limit` passes.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `ferry serve`.
+pub struct Server {
+    pub child: Child,
+    pub data: PathBuf,
+    /// `127.0.0.1:PORT` of the transfer service.
+    pub addr: String,
+    extra: Vec<String>,
+}
+
+impl Server {
+    /// Starts a server with its data under `dir/data` on a free port.
+    pub fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        let data = dir.join("data");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::spawn(data, "0", extra)
+    }
+
+    fn spawn(data: PathBuf, port: &str, extra: Vec<String>) -> Server {
+        let _ = std::fs::remove_file(data.join("listen.json"));
+        let log = std::fs::create_dir_all(&data)
+            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
+            .expect("open server log");
+        let child = ferry()
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--transfer-port", port, "--no-http", "--no-kv", "--no-sync"])
+            .args(&extra)
+            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry serve");
+        let listen = data.join("listen.json");
+        let addr = wait_for("listen.json", DEADLINE, || {
+            let text = std::fs::read_to_string(&listen).ok()?;
+            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
+            map["transfer"].as_str().map(str::to_string)
+        });
+        Server { child, data, addr, extra }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn port(&self) -> &str {
+        self.addr.rsplit(':').next().unwrap()
+    }
+
+    /// SIGKILL, no cleanup: a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills and starts again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port().to_string();
+        let data = self.data.clone();
+        let extra = std::mem::take(&mut self.extra);
+        // The port is ours until another process takes it; retry briefly
+        // in case the kernel has not released it yet.
+        *self = Server::spawn(data, &port, extra);
+    }
+
+    /// `ferry status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        let out = ferry().args(["status", "--json", "--data"]).arg(&self.data).output().unwrap();
+        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The root of served files.
+    pub fn root(&self) -> PathBuf {
+        self.data.join("files")
+    }
+
+    /// A client command (`get`, `put`, `ls`) aimed at this server, with
+    /// its resume records under `dir/cache`.
+    pub fn client(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = ferry();
+        cmd.args(args).args(["--server", &self.addr]).env("FERRY_CACHE_DIR", dir.join("cache")).current_dir(dir);
+        cmd
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion and returns its output.
+pub fn run(mut cmd: impl BorrowMut<Command>) -> Output {
+    cmd.borrow_mut().stdin(Stdio::null()).output().expect("run command")
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(cmd: impl BorrowMut<Command>) -> Vec<u8> {
+    let out = run(cmd);
+    assert!(out.status.success(), "command failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Deterministic pseudo-random bytes (fast, no dependency).
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn write_file(path: &Path, data: &[u8]) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, data).unwrap();
+}
+
+pub fn blake3_hex(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+/// A raw protocol connection for tests that speak frames by hand.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        Raw { stream }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send(&mut self, ty: u8, payload: &[u8]) {
+        let mut frame = vec![ty];
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(payload);
+        self.send_raw(&frame);
+    }
+
+    pub fn info(&mut self, line: &str) {
+        self.send(0x02, line.as_bytes());
+    }
+
+    /// Reads one frame: (type, payload). `None` at EOF.
+    pub fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut header = [0u8; 5];
+        if self.stream.read_exact(&mut header).is_err() {
+            return None;
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut payload = vec![0u8; len];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some((header[0], payload))
+    }
+
+    /// Reads frames until an ERROR arrives; returns its text.
+    pub fn expect_error(&mut self) -> String {
+        loop {
+            match self.recv() {
+                Some((0x01, payload)) => return String::from_utf8(payload).unwrap(),
+                Some(_) => continue,
+                None => panic!("connection closed without an ERROR frame"),
+            }
+        }
+    }
+
+    /// After an ERROR the server closes: reading reaches EOF.
+    pub fn expect_closed(&mut self) {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) => panic!("expected EOF, got {e}"),
+            }
+        }
+    }
+}

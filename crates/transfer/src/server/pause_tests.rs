@@ -1,0 +1,237 @@
+//! A GET and a PUT paused mid-transfer, their state serialized and decoded,
+//! then continued by a fresh service instance on the same socket — what a
+//! live upgrade does, minus moving the socket to another process.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::config::TransferConfig;
+use ferry_core::{Conn, PauseReason, PauseTrigger, Registry, Service, SessionCtx, SessionEnd};
+use ferry_files::FileStore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::{Phase, SessionState, TransferService};
+use crate::command::{Reply, Request};
+use crate::frame::{Frame, HEADER_LEN};
+use crate::wire::{recv_frame, send_frame};
+
+const MIB: usize = 1 << 20;
+
+fn content(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64).wrapping_mul(2654435761).to_le_bytes()[1]).collect()
+}
+
+fn service(dir: &std::path::Path) -> Arc<TransferService> {
+    let store = FileStore::open(&dir.join("files"), &dir.join("uploads")).unwrap();
+    // A small window so a paused GET has bytes in flight and queued.
+    let config = TransferConfig { window_bytes: MIB as u64, chunk_bytes: 64 * 1024, ..TransferConfig::default() };
+    TransferService::new(Arc::new(store), config)
+}
+
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (client.unwrap(), accepted.unwrap().0)
+}
+
+/// Runs a session (fresh or resumed) under its own pause trigger.
+fn spawn_session(
+    svc: Arc<TransferService>,
+    conn: Conn,
+    state: Option<SessionState>,
+) -> (PauseTrigger, JoinHandle<SessionEnd<SessionState>>) {
+    let trigger = PauseTrigger::new();
+    let registry = Registry::new();
+    let ctx = SessionCtx { handle: registry.register("transfer", "test".into()), pause: trigger.signal(), registry };
+    let task = tokio::spawn(svc.run(conn, state, ctx));
+    (trigger, task)
+}
+
+/// Pauses a session, serializes its state as the handover would, decodes
+/// it, and continues it in a fresh service on the same socket.
+async fn pause_and_resume(
+    trigger: PauseTrigger,
+    task: JoinHandle<SessionEnd<SessionState>>,
+    dir: &std::path::Path,
+    expect: fn(&Phase) -> bool,
+) -> JoinHandle<SessionEnd<SessionState>> {
+    trigger.pause(PauseReason::Upgrade);
+    let SessionEnd::Paused(parked) = task.await.unwrap() else { panic!("session did not pause") };
+    assert!(expect(&parked.state.phase), "unexpected phase {:?}", parked.state.phase);
+    let blob = serde_json::to_vec(&parked.state).unwrap();
+    let state: SessionState = serde_json::from_slice(&blob).unwrap();
+    assert_eq!(state, parked.state);
+    let svc = service(dir);
+    let conn =
+        Conn::from_parts(parked.conn.stream, &parked.conn.read_buf, &parked.conn.pending_out, svc.max_read_buffer());
+    spawn_session(svc, conn, Some(state)).1
+}
+
+#[tokio::test]
+async fn get_paused_mid_transfer_completes_on_the_same_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(8 * MIB + 123);
+    let svc = service(dir.path());
+    std::fs::write(dir.path().join("files/big.bin"), &data).unwrap();
+    let (client, server) = socket_pair().await;
+    let (trigger, task) = spawn_session(svc.clone(), Conn::new(server, svc.max_read_buffer()), None);
+
+    let mut c = Conn::new(client, 8 * MIB);
+    let get = Request::Get { name: "big.bin".into(), offset: 0, etag: None };
+    send_frame(&mut c, &Frame::Info(get.to_string())).await.unwrap();
+    let Frame::Info(ok) = recv_frame(&mut c, 4 * MIB as u32).await.unwrap() else { panic!("no OK") };
+    assert!(matches!(Reply::parse(&ok), Ok(Reply::Ok { .. })));
+
+    // Take 3 MiB, acknowledging, then stop reading: the server fills its
+    // window and waits with bytes queued.
+    let mut got = Vec::new();
+    while got.len() < 3 * MIB {
+        match recv_frame(&mut c, 4 * MIB as u32).await.unwrap() {
+            Frame::Data { offset, data } => {
+                assert_eq!(offset as usize, got.len());
+                got.extend_from_slice(&data);
+                send_frame(&mut c, &Frame::Ack(got.len() as u64)).await.unwrap();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let task =
+        pause_and_resume(trigger, task, dir.path(), |p| matches!(p, Phase::Get(g) if g.sent >= 3 * MIB as u64)).await;
+
+    let mut notices = Vec::new();
+    loop {
+        match recv_frame(&mut c, 4 * MIB as u32).await.unwrap() {
+            Frame::Data { offset, data } => {
+                assert_eq!(offset as usize, got.len(), "no byte duplicated or skipped");
+                got.extend_from_slice(&data);
+                send_frame(&mut c, &Frame::Ack(got.len() as u64)).await.unwrap();
+            }
+            Frame::Info(line) => match Reply::parse(&line).unwrap() {
+                Reply::Done { size, blake3 } => {
+                    assert_eq!(size as usize, data.len());
+                    assert_eq!(blake3, blake3::hash(&data).to_hex().to_string());
+                    break;
+                }
+                other => notices.push(other),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, data);
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(matches!(&notices[0], Reply::Paused { reason } if reason == "upgrading"));
+    assert!(matches!(&notices[1], Reply::Resumed { .. }));
+    c.shutdown().await.unwrap();
+    assert!(matches!(task.await.unwrap(), SessionEnd::Closed));
+}
+
+async fn read_frame(read: &mut OwnedReadHalf) -> Frame {
+    let mut header = [0u8; HEADER_LEN];
+    read.read_exact(&mut header).await.unwrap();
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let mut frame = header.to_vec();
+    frame.resize(HEADER_LEN + len, 0);
+    read.read_exact(&mut frame[HEADER_LEN..]).await.unwrap();
+    Frame::parse(Bytes::from(frame)).unwrap()
+}
+
+#[tokio::test]
+async fn put_paused_mid_transfer_completes_on_the_same_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(9 * MIB + 7);
+    let svc = service(dir.path());
+    let (client, server) = socket_pair().await;
+    let (trigger, task) = spawn_session(svc.clone(), Conn::new(server, svc.max_read_buffer()), None);
+
+    let (mut read, mut write) = client.into_split();
+    let put = Request::Put { name: "up/big.bin".into(), size: Some(data.len() as u64), id: Some("ab".repeat(16)) };
+    write.write_all(&Frame::Info(put.to_string()).encode()).await.unwrap();
+    assert_eq!(read_frame(&mut read).await, Frame::Ack(0));
+
+    // The writer sends the first 4 MiB, waits for the pause to be done,
+    // then sends the rest and DONE.
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let body = data.clone();
+    let writer = tokio::spawn(async move {
+        let mut go = Some(go_rx);
+        for (i, chunk) in body.chunks(256 * 1024).enumerate() {
+            if i * 256 * 1024 >= 4 * MIB
+                && let Some(go) = go.take()
+            {
+                go.await.unwrap();
+            }
+            let frame = Frame::Data { offset: (i * 256 * 1024) as u64, data: Bytes::copy_from_slice(chunk) };
+            write.write_all(&frame.encode()).await.unwrap();
+        }
+        let done = Request::Done { size: body.len() as u64, blake3: blake3::hash(&body).to_hex().to_string() };
+        write.write_all(&Frame::Info(done.to_string()).encode()).await.unwrap();
+        write
+    });
+    // Wait until the server acknowledged some of it.
+    loop {
+        if let Frame::Ack(offset) = read_frame(&mut read).await
+            && offset >= 2 * MIB as u64
+        {
+            break;
+        }
+    }
+    let task =
+        pause_and_resume(trigger, task, dir.path(), |p| matches!(p, Phase::Put(s) if s.written >= 2 * MIB as u64))
+            .await;
+    go_tx.send(()).unwrap();
+
+    let mut notices = Vec::new();
+    let mut last_ack = 0;
+    loop {
+        match read_frame(&mut read).await {
+            Frame::Ack(offset) => {
+                assert!(offset >= last_ack);
+                last_ack = offset;
+            }
+            Frame::Info(line) => match Reply::parse(&line).unwrap() {
+                Reply::Stored { size, blake3, .. } => {
+                    assert_eq!(size as usize, data.len());
+                    assert_eq!(blake3, blake3::hash(&data).to_hex().to_string());
+                    break;
+                }
+                other => notices.push(other),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(last_ack as usize, data.len());
+    assert!(matches!(&notices[..], [Reply::Paused { .. }, Reply::Resumed { .. }]), "{notices:?}");
+    assert_eq!(std::fs::read(dir.path().join("files/up/big.bin")).unwrap(), data);
+    let mut write = writer.await.unwrap();
+    write.shutdown().await.unwrap();
+    assert!(matches!(task.await.unwrap(), SessionEnd::Closed));
+}
+
+#[tokio::test]
+async fn idle_session_parks_and_serves_the_next_command_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    std::fs::write(dir.path().join("files/a.txt"), b"abc").unwrap();
+    let (client, server) = socket_pair().await;
+    let (trigger, task) = spawn_session(svc.clone(), Conn::new(server, svc.max_read_buffer()), None);
+    let mut c = Conn::new(client, MIB);
+    let task = pause_and_resume(trigger, task, dir.path(), |p| matches!(p, Phase::Idle)).await;
+    send_frame(&mut c, &Frame::Info("LIST".into())).await.unwrap();
+    let Frame::Info(entry) = recv_frame(&mut c, MIB as u32).await.unwrap() else { panic!() };
+    assert!(entry.starts_with("ENTRY name=a.txt size=3"), "{entry}");
+    assert_eq!(recv_frame(&mut c, MIB as u32).await.unwrap(), Frame::Info("END count=1".into()));
+    c.shutdown().await.unwrap();
+    assert!(matches!(task.await.unwrap(), SessionEnd::Closed));
+}
+
+#[test]
+fn newer_state_format_is_detected() {
+    let state = SessionState { format: super::STATE_FORMAT + 1, phase: Phase::Idle };
+    let json = serde_json::to_string(&state).unwrap();
+    let back: SessionState = serde_json::from_str(&json).unwrap();
+    assert!(back.format > super::STATE_FORMAT);
+}
