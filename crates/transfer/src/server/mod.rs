@@ -8,6 +8,7 @@ mod list;
 mod put;
 mod session;
 mod state;
+mod upload_leases;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +32,18 @@ const HASH_CACHE_ENTRIES: usize = 100_000;
 pub struct TransferService {
     store: Arc<FileStore>,
     hashes: Arc<HashService>,
+    uploads: Arc<upload_leases::UploadLeases>,
     config: TransferConfig,
 }
 
 impl TransferService {
     pub fn new(store: Arc<FileStore>, config: TransferConfig) -> Arc<TransferService> {
-        Arc::new(TransferService { store, hashes: Arc::new(HashService::new(HASH_CACHE_ENTRIES)), config })
+        Arc::new(TransferService {
+            store,
+            hashes: Arc::new(HashService::new(HASH_CACHE_ENTRIES)),
+            uploads: Arc::default(),
+            config,
+        })
     }
 
     pub fn store(&self) -> &Arc<FileStore> {

@@ -21,6 +21,7 @@ use super::TransferService;
 use super::get::{join, store_code};
 use super::session::{Opened, Step, announce_resume, closed_by_peer, fail, frame_error, park_transfer};
 use super::state::{Phase, PutState};
+use super::upload_leases::UploadLease;
 use crate::command::{Reply, Request};
 use crate::error_code::ErrorCode;
 use crate::frame::Frame;
@@ -39,6 +40,7 @@ pub(super) fn read_high_water(max_frame: u32) -> usize {
 pub(super) struct OpenUpload {
     file: Arc<File>,
     hash: ResumableHash,
+    _lease: UploadLease,
 }
 
 type WriteResult = std::io::Result<(ResumableHash, u64)>;
@@ -78,6 +80,9 @@ pub(super) async fn start(
         },
         None => UploadId::from_bytes(rand::random()),
     };
+    let Some(lease) = svc.uploads.take(&id) else {
+        return fail(conn, ErrorCode::Busy, &format!("upload {id} is in use by another connection"));
+    };
     let (store, upload_id, upload_name) = (svc.store.clone(), id.clone(), name.clone());
     let opened = tokio::task::spawn_blocking(move || {
         let upload = store.open_upload(&upload_id, &upload_name, size).map_err(|e| (store_code(&e), e.to_string()))?;
@@ -104,7 +109,8 @@ pub(super) async fn start(
         written: durable,
         hash: hash.checkpoint(),
     };
-    Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(OpenUpload { file: Arc::new(file), hash }))))
+    let upload = OpenUpload { file: Arc::new(file), hash, _lease: lease };
+    Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(upload))))
 }
 
 /// Receives the rest of a PUT.
@@ -355,6 +361,7 @@ async fn reopen(
     id: &UploadId,
     name: &SafeName,
 ) -> Result<OpenUpload, String> {
+    let lease = svc.uploads.take(id).ok_or_else(|| format!("upload {id} is in use by another connection"))?;
     let (store, id, name, size, written, checkpoint) =
         (svc.store.clone(), id.clone(), name.clone(), st.size, st.written, st.hash.clone());
     let task = tokio::task::spawn_blocking(move || {
@@ -365,7 +372,8 @@ async fn reopen(
         upload.file.set_len(written).map_err(|e| format!("cannot trim partial upload: {e}"))?;
         let mut hash = ResumableHash::from_checkpoint(&checkpoint).map_err(|e| e.to_string())?;
         hash_file_prefix(&upload.file, written, &mut hash).map_err(|e| format!("cannot read partial upload: {e}"))?;
-        Ok(OpenUpload { file: Arc::new(upload.file), hash })
+        Ok((Arc::new(upload.file), hash))
     });
-    task.await.map_err(|e| format!("reopen task failed: {e}"))?
+    let (file, hash) = task.await.map_err(|e| format!("reopen task failed: {e}"))??;
+    Ok(OpenUpload { file, hash, _lease: lease })
 }
