@@ -16,9 +16,10 @@
 #   get-cold   as get, but the server was just restarted, so it hashes the
 #              file while streaming it (diagnostic; not a target)
 # Every round runs each contender once; the order rotates from round to
-# round so that no contender always follows the same one. Outputs are
-# compared with the input (cmp) outside the timed sections and deleted
-# right after, so every step starts the same way.
+# round so that no contender always follows the same one. An untimed
+# warm-up round comes first. Outputs are compared with the input (cmp)
+# outside the timed sections and deleted right after, so every step starts
+# the same way.
 #
 # Environment:
 #   SIZE       bytes to transfer, IEC suffixes allowed (default 1G; --quick 64M)
@@ -186,7 +187,7 @@ timed() {
     SU[$who,$r]=$((s1[0] - s0[0]))
     SS[$who,$r]=$((s1[1] - s0[1]))
     awk -v r="$r" -v w="$who" -v us="${T[$who,$r]}" -v b="$BYTES" \
-        'BEGIN { printf "round %d  %-8s %8.3f s  %8.1f MiB/s", r, w, us / 1e6, b / 1048576 / (us / 1e6) }'
+        'BEGIN { printf "%-8s %-8s %8.3f s  %8.1f MiB/s", r ? "round " r : "warm-up", w, us / 1e6, b / 1048576 / (us / 1e6) }'
 }
 
 # The raw copy. The receiver is started and seen listening before the clock
@@ -274,9 +275,11 @@ echo
 
 # --- rounds ------------------------------------------------------------------
 
-for ((r = 1; r <= ROUNDS; r++)); do
-    for ((i = 0; i < ${#CONTENDERS[@]}; i++)); do
-        "step_${CONTENDERS[(i + r - 1) % ${#CONTENDERS[@]}]}" "$r"
+# Round 0 is the warm-up; the report uses rounds 1..ROUNDS.
+n=${#CONTENDERS[@]}
+for ((r = 0; r <= ROUNDS; r++)); do
+    for ((i = 0; i < n; i++)); do
+        "step_${CONTENDERS[(i + r + n - 1) % n]}" "$r"
     done
 done
 echo "  load avg   $(cut -d' ' -f1-3 /proc/loadavg) (end)"
@@ -307,22 +310,22 @@ for w in "${CONTENDERS[@]}"; do
 done
 echo
 
-echo "Throughput ratio vs raw: raw median s / ferry median s (and raw s / ferry s within each round)"
+echo "Throughput ratio vs raw = raw seconds / ferry seconds: of the medians, and within each round"
 echo
-echo "| ratio | median | each round | target |"
-echo "|---|---:|---|---|"
+echo "| ratio | of medians | each round | median of rounds | target |"
+echo "|---|---:|---|---:|---|"
 for w in put get get-cold; do
     per=""
     for ((r = 1; r <= ROUNDS; r++)); do
         per+=$(awk -v a="${T[raw,$r]}" -v b="${T[$w,$r]}" 'BEGIN { printf "%.2f ", a / b }')
     done
     if [[ $w == get-cold ]]; then target="diagnostic"; else target="≥ 0.7 (aim 0.9)"; fi
-    awk -v w="$w" -v raw="${MED[raw]}" -v f="${MED[$w]}" -v per="${per% }" -v t="$target" '
+    awk -v w="$w" -v raw="${MED[raw]}" -v f="${MED[$w]}" -v per="${per% }" -v pm="$(median <<<"$per")" -v t="$target" '
         BEGIN {
             r = raw / f
             v = ""
             if (t != "diagnostic") v = r >= 0.9 ? ": meets the aim" : (r >= 0.7 ? ": meets the target" : ": BELOW target")
-            printf "| ferry %s / raw | %.2f | %s | %s%s |\n", w, r, per, t, v
+            printf "| ferry %s / raw | %.2f | %s | %.2f | %s%s |\n", w, r, per, pm, t, v
         }'
 done
 echo

@@ -24,8 +24,23 @@ pub enum Command {
     Ls(LsArgs),
     /// Show a running server's pid, version, listeners, connections and transfers
     Status(StatusArgs),
+    /// Replace the running server with a new executable; every connection and transfer carries on
+    Upgrade(UpgradeArgs),
     /// Print the effective configuration (TOML) with every default
     Config(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    /// Data directory of the server [default: ./ferry-data]
+    #[arg(long, value_name = "DIR", default_value = "ferry-data")]
+    pub data: PathBuf,
+    /// New executable [default: the one the server was started from]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Server settings; each flag overrides the config file.

@@ -16,8 +16,10 @@ pub mod pause;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod service_table;
 pub mod session;
 pub mod status;
+pub mod upgrade;
 pub mod version;
 
 pub use config::Config;

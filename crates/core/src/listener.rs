@@ -2,6 +2,7 @@
 //! task per connection under the service's connection limit.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -31,7 +32,20 @@ pub struct LoopCtx {
     pub registry: Arc<Registry>,
     pub pause: PauseSignal,
     /// Where sessions that paused deliver themselves.
-    pub parked: mpsc::Sender<ParkedSession>,
+    pub parked: mpsc::UnboundedSender<ParkedSession>,
+    /// Session tasks still running (a parked session counts until it has
+    /// been delivered), so a pause knows when every session is accounted
+    /// for.
+    pub live: Arc<AtomicUsize>,
+}
+
+/// Decrements the live-task count when a session task ends, however it ends.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Runs `service`'s accept loop until a pause is requested; returns the
@@ -39,10 +53,10 @@ pub struct LoopCtx {
 pub fn spawn_accept_loop<S: Service>(
     service: Arc<S>,
     listener: TcpListener,
+    limit: Arc<Semaphore>,
     max_connections: usize,
     ctx: LoopCtx,
 ) -> JoinHandle<TcpListener> {
-    let limit = Arc::new(Semaphore::new(max_connections));
     tokio::spawn(async move {
         let mut pause = ctx.pause.clone();
         loop {
@@ -84,7 +98,10 @@ pub fn spawn_session<S: Service>(
     permit: Option<OwnedSemaphorePermit>,
     ctx: LoopCtx,
 ) {
+    ctx.live.fetch_add(1, Ordering::SeqCst);
+    let live = LiveGuard(ctx.live.clone());
     tokio::spawn(async move {
+        let _live = live;
         let _permit = permit;
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
         let max = service.max_read_buffer();
@@ -100,7 +117,9 @@ pub fn spawn_session<S: Service>(
             match serde_json::to_vec(&parked.state) {
                 Ok(state) => {
                     let parked = ParkedSession { service: S::NAME, conn: parked.conn, state };
-                    if ctx.parked.send(parked).await.is_err() {
+                    // Unbounded, but bounded in fact: one entry per session,
+                    // and sessions are bounded by the connection limits.
+                    if ctx.parked.send(parked).is_err() {
                         tracing::debug!("runtime gone; dropping a parked session");
                     }
                 }

@@ -1,26 +1,34 @@
-//! The server process: binds listeners, publishes where it listens, runs
-//! accept loops and the admin socket, and stops gracefully on SIGTERM,
-//! SIGINT or an admin `shutdown`.
+//! The server process: binds (or, after a live upgrade, inherits) its
+//! listeners, publishes where it listens, runs accept loops and the admin
+//! socket, hands everything to a new executable on `ferry upgrade` or
+//! SIGUSR2, and stops gracefully on SIGTERM, SIGINT or an admin `shutdown`.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminHandler, AdminRequest};
+use crate::admin::{self, AdminHandler, AdminRequest, UpgradeTicket};
 use crate::config::Config;
 use crate::data_dir::DataDir;
-use crate::listener::{LoopCtx, ParkedSession, spawn_accept_loop};
+use crate::listener::{LoopCtx, ParkedSession};
 use crate::pause::{PauseReason, PauseTrigger};
 use crate::registry::{Registry, unix_ms};
 use crate::service::Service;
+use crate::service_table::{Entry, ServiceEntry};
 use crate::status::Status;
+use crate::upgrade::channel::UpgradeChannel;
+use crate::upgrade::history::UpgradeRecord;
+use crate::upgrade::{self, UpgradeReport, sd_notify};
 use crate::version::version;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,36 +41,72 @@ pub enum ServerError {
     Bind { service: String, addr: SocketAddr, source: io::Error },
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
+    #[error("live upgrade: {0}")]
+    Adopt(String),
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ServerError {
     let context = context.into();
     move |source| ServerError::Io { context, source }
 }
 
-type Starter = Box<dyn FnOnce(LoopCtx) -> JoinHandle<TcpListener> + Send>;
-
-/// A server being assembled: services are bound first, then `run` publishes
-/// the addresses and starts accepting.
+/// A server being assembled: services are added, then `run` binds (or
+/// inherits) their listeners, publishes the addresses and serves.
 pub struct Server {
     config: Config,
     data: DataDir,
-    registry: Arc<Registry>,
-    pause: PauseTrigger,
-    listeners: BTreeMap<String, SocketAddr>,
-    starters: Vec<Starter>,
-    started: SystemTime,
+    services: Vec<Arc<dyn ServiceEntry>>,
+    /// Set when this process was started by a live upgrade.
+    upgrade: Option<UpgradeChannel>,
+}
+
+/// Where an upgrade's outcome goes, and how the requester says it has it.
+type UpgradeReply = (oneshot::Sender<Result<UpgradeReport, String>>, oneshot::Receiver<()>);
+
+/// A request from the admin socket or SIGUSR2 to upgrade.
+pub(crate) struct UpgradeRequest {
+    binary: Option<PathBuf>,
+    reply: Option<UpgradeReply>,
+}
+
+/// The running server's shared parts, used by the run loop and by both
+/// sides of a live upgrade.
+pub(crate) struct Runtime {
+    pub config: Config,
+    pub data: DataDir,
+    pub pause: PauseTrigger,
+    pub ctx: LoopCtx,
+    pub parked: mpsc::UnboundedReceiver<ParkedSession>,
+    pub services: Vec<Arc<dyn ServiceEntry>>,
+    pub admin: Arc<AdminState>,
+    /// The executable and arguments this process was started with: what a
+    /// SIGUSR2 upgrade starts again.
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// Accept loops and the admin loop while they run; each hands its listener
+/// back when paused.
+pub(crate) struct Running {
+    pub loops: Vec<(Arc<dyn ServiceEntry>, JoinHandle<TcpListener>)>,
+    pub admin: JoinHandle<UnixListener>,
 }
 
 impl Server {
-    /// Validates the config, creates the data directory and refuses to start
-    /// if another server already answers on its admin socket.
+    /// Validates the config and creates the data directory. Refuses to start
+    /// if another server answers on the admin socket — unless this process
+    /// is that server's live upgrade.
     pub async fn new(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
         let data = DataDir::new(config.data.clone());
         data.create().map_err(io_err(format!("cannot create data directory {}", config.data.display())))?;
+        let upgrade = match UpgradeChannel::from_env() {
+            Some(Ok(channel)) => Some(channel),
+            Some(Err(e)) => return Err(ServerError::Adopt(e.to_string())),
+            None => None,
+        };
         let socket = data.socket();
-        if socket.exists() {
+        if upgrade.is_none() && socket.exists() {
             if tokio::net::UnixStream::connect(&socket).await.is_ok() {
                 let pid = std::fs::read_to_string(data.pid_file()).unwrap_or_default().trim().to_string();
                 return Err(ServerError::AlreadyRunning { pid, data: config.data.display().to_string() });
@@ -70,115 +114,216 @@ impl Server {
             // A stale socket from a server that died.
             let _ = std::fs::remove_file(&socket);
         }
-        Ok(Server {
-            config,
-            data,
-            registry: Registry::new(),
-            pause: PauseTrigger::new(),
-            listeners: BTreeMap::new(),
-            starters: Vec::new(),
-            started: SystemTime::now(),
-        })
+        Ok(Server { config, data, services: Vec::new(), upgrade })
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    pub fn registry(&self) -> Arc<Registry> {
-        self.registry.clone()
+    /// Whether this process is taking over from a running server.
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade.is_some()
     }
 
-    /// Binds `service`'s listener on the configured address; port 0 picks
-    /// a free port, reported in `listen.json`.
-    pub async fn bind(&mut self, service: &str, port: u16) -> Result<TcpListener, ServerError> {
-        let addr = SocketAddr::new(self.config.bind, port);
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-            service: service.into(),
-            addr,
-            source,
-        })?;
-        let local = listener.local_addr().map_err(io_err("cannot read bound address"))?;
-        self.listeners.insert(service.to_string(), local);
-        Ok(listener)
+    /// Adds a service on `port` (0: any free port, reported in listen.json).
+    pub fn add_service<S: Service>(&mut self, service: Arc<S>, port: u16, max_connections: usize) {
+        self.services.push(Arc::new(Entry::new(service, port, max_connections)));
     }
 
-    /// Registers a service to accept on `listener` once the server runs.
-    pub fn add_service<S: Service>(&mut self, listener: TcpListener, service: Arc<S>, max_connections: usize) {
-        self.starters.push(Box::new(move |ctx| spawn_accept_loop(service, listener, max_connections, ctx)));
-    }
-
-    pub fn listeners(&self) -> &BTreeMap<String, SocketAddr> {
-        &self.listeners
-    }
-
-    /// Publishes listen.json and the pid file, serves until told to stop,
-    /// then pauses every session (so in-flight writes complete) and exits.
+    /// Serves until told to stop (or until a live upgrade hands everything
+    /// to a new process).
     pub async fn run(self) -> Result<(), ServerError> {
-        let pid = std::process::id();
-        let listen: BTreeMap<String, String> = self.listeners.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-        let admin_listener = UnixListener::bind(self.data.socket())
-            .map_err(io_err(format!("cannot bind admin socket {}", self.data.socket().display())))?;
-        self.data.write_listen(&listen).map_err(io_err("cannot write listen.json"))?;
-        self.data.write_pid(pid).map_err(io_err("cannot write ferry.pid"))?;
-
-        let (parked_tx, mut parked_rx) = mpsc::channel::<ParkedSession>(64);
-        let ctx = LoopCtx { registry: self.registry.clone(), pause: self.pause.signal(), parked: parked_tx };
-        let loops: Vec<JoinHandle<TcpListener>> = self.starters.into_iter().map(|start| start(ctx.clone())).collect();
-
+        let started = SystemTime::now();
+        let (parked_tx, parked_rx) = mpsc::unbounded_channel();
+        let registry = Registry::new();
+        let pause = PauseTrigger::new();
+        let ctx = LoopCtx {
+            registry: registry.clone(),
+            pause: pause.signal(),
+            parked: parked_tx,
+            live: Arc::new(AtomicUsize::new(0)),
+        };
+        let (upgrade_tx, mut upgrade_rx) = mpsc::channel::<UpgradeRequest>(4);
         let stop = Arc::new(Notify::new());
-        let handler = Arc::new(AdminState {
+        let admin_state = Arc::new(AdminState {
             config: self.config.clone(),
-            registry: self.registry.clone(),
-            listeners: listen.clone(),
-            started: self.started,
+            registry,
+            listeners: Mutex::new(BTreeMap::new()),
+            started,
             stop: stop.clone(),
+            upgrades: upgrade_tx,
+            history: Mutex::new(Vec::new()),
         });
-        let admin_task = tokio::spawn(admin::serve(admin_listener, handler));
-        for (name, addr) in &listen {
-            tracing::info!("{name} listening on {addr}");
-        }
-        tracing::info!(pid, version = %version(), data = %self.config.data.display(), "ferry serving");
+        let mut rt = Runtime {
+            config: self.config.clone(),
+            data: self.data.clone(),
+            pause,
+            ctx,
+            parked: parked_rx,
+            services: self.services,
+            admin: admin_state,
+            exe: std::env::current_exe().map_err(io_err("cannot find this executable"))?,
+            args: std::env::args_os().skip(1).collect(),
+        };
+
+        let mut running = match self.upgrade {
+            Some(channel) => upgrade::adopt(&mut rt, channel).await.map_err(ServerError::Adopt)?,
+            None => rt.start_fresh().await?,
+        };
+        let pid = std::process::id();
+        tracing::info!(pid, version = %version(), data = %rt.config.data.display(), "ferry serving");
 
         let mut term = signal(SignalKind::terminate()).map_err(io_err("cannot install SIGTERM handler"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(io_err("cannot install SIGINT handler"))?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            _ = stop.notified() => tracing::info!("admin shutdown"),
-        }
-
-        // Stop accepting and ask every session to reach a safe point, so a
-        // PUT's last write lands before the process exits.
-        self.pause.pause(PauseReason::Shutdown);
-        let grace = Duration::from_secs(self.config.upgrade.shutdown_grace_secs);
-        let deadline = Instant::now() + grace;
-        while self.registry.session_count() > 0 && Instant::now() < deadline {
-            tokio::select! {
-                _ = parked_rx.recv() => {}
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(io_err("cannot install SIGUSR2 handler"))?;
+        loop {
+            let request = tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = stop.notified() => { tracing::info!("admin shutdown"); break; }
+                _ = usr2.recv() => {
+                    tracing::info!("SIGUSR2: upgrading to {}", rt.exe.display());
+                    UpgradeRequest { binary: None, reply: None }
+                }
+                Some(request) = upgrade_rx.recv() => request,
+            };
+            let binary = request.binary.clone().unwrap_or_else(|| rt.exe.clone());
+            match upgrade::hand_over(&mut rt, running, &binary).await {
+                Ok(report) => {
+                    tracing::info!(
+                        new_pid = report.new_pid,
+                        new_version = %report.new_version,
+                        gap_us = report.pause_gap_us,
+                        sessions = report.sessions_moved,
+                        "handed over to the new process; exiting"
+                    );
+                    if let Some((reply, delivered)) = request.reply {
+                        let _ = reply.send(Ok(report));
+                        let _ = tokio::time::timeout(Duration::from_secs(5), delivered).await;
+                    }
+                    return Ok(());
+                }
+                Err((reason, resumed)) => {
+                    tracing::warn!("upgrade failed, still serving: {reason}");
+                    running = resumed;
+                    if let Some((reply, _)) = request.reply {
+                        let _ = reply.send(Err(reason));
+                    }
+                }
             }
         }
-        let left = self.registry.session_count();
-        if left > 0 {
-            tracing::warn!("{left} sessions did not reach a safe point within {grace:?}");
-        }
-        for handle in loops {
-            handle.abort();
-        }
-        admin_task.abort();
-        self.data.remove_published(pid);
+        rt.shutdown(running).await;
         Ok(())
     }
 }
 
+impl Runtime {
+    /// A fresh start: bind every service and the admin socket, publish.
+    async fn start_fresh(&mut self) -> Result<Running, ServerError> {
+        let mut loops = Vec::new();
+        let mut listen = BTreeMap::new();
+        for entry in self.services.clone() {
+            let addr = SocketAddr::new(self.config.bind, entry.port());
+            let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+                service: entry.name().into(),
+                addr,
+                source,
+            })?;
+            let local = listener.local_addr().map_err(io_err("cannot read bound address"))?;
+            listen.insert(entry.name().to_string(), local.to_string());
+            loops.push((entry.clone(), entry.spawn_accept(listener, self.ctx.clone())));
+        }
+        let admin_listener = UnixListener::bind(self.data.socket())
+            .map_err(io_err(format!("cannot bind admin socket {}", self.data.socket().display())))?;
+        let admin = self.spawn_admin(admin_listener);
+        self.publish(&listen)?;
+        sd_notify::notify("READY=1");
+        Ok(Running { loops, admin })
+    }
+
+    pub(crate) fn spawn_admin(&self, listener: UnixListener) -> JoinHandle<UnixListener> {
+        let handler: Arc<dyn AdminHandler> = self.admin.clone();
+        tokio::spawn(admin::serve(listener, handler, self.pause.signal()))
+    }
+
+    /// Writes listen.json and the pid file (before anyone is told we serve).
+    pub(crate) fn publish(&self, listen: &BTreeMap<String, String>) -> Result<(), ServerError> {
+        for (name, addr) in listen {
+            tracing::info!("{name} listening on {addr}");
+        }
+        *self.admin.listeners.lock().unwrap_or_else(|p| p.into_inner()) = listen.clone();
+        self.data.write_listen(listen).map_err(io_err("cannot write listen.json"))?;
+        self.data.write_pid(std::process::id()).map_err(io_err("cannot write ferry.pid"))
+    }
+
+    /// Pauses every session and collects their states, waiting at most
+    /// `limit`. Returns the listeners and the parked sessions, or (on
+    /// timeout) how many sessions were still running.
+    pub(crate) async fn pause_all(
+        &mut self,
+        running: Running,
+        reason: PauseReason,
+        limit: Duration,
+    ) -> (Vec<(Arc<dyn ServiceEntry>, TcpListener)>, Option<UnixListener>, Vec<ParkedSession>, usize) {
+        self.pause.pause(reason);
+        let mut listeners = Vec::new();
+        for (entry, handle) in running.loops {
+            match handle.await {
+                Ok(listener) => listeners.push((entry, listener)),
+                Err(e) => tracing::error!("accept loop of {} failed: {e}", entry.name()),
+            }
+        }
+        let admin = running.admin.await.ok();
+        let mut parked = Vec::new();
+        let deadline = Instant::now() + limit;
+        while self.ctx.live.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::select! {
+                Some(p) = self.parked.recv() => parked.push(p),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        while let Ok(p) = self.parked.try_recv() {
+            parked.push(p);
+        }
+        let still_running = self.ctx.live.load(Ordering::SeqCst);
+        (listeners, admin, parked, still_running)
+    }
+
+    /// Graceful stop: every session reaches a safe point (a PUT's last
+    /// write lands), then the process exits.
+    async fn shutdown(&mut self, running: Running) {
+        let grace = Duration::from_secs(self.config.upgrade.shutdown_grace_secs);
+        let (_, _, _, left) = self.pause_all(running, PauseReason::Shutdown, grace).await;
+        if left > 0 {
+            tracing::warn!("{left} sessions did not reach a safe point within {grace:?}");
+        }
+        self.data.remove_published(std::process::id());
+    }
+
+    pub(crate) fn push_history(&self, record: UpgradeRecord) {
+        let mut history = self.admin.history.lock().unwrap_or_else(|p| p.into_inner());
+        upgrade::history::push(&mut history, record);
+    }
+
+    pub(crate) fn history(&self) -> Vec<UpgradeRecord> {
+        self.admin.history.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_history(&self, history: Vec<UpgradeRecord>) {
+        *self.admin.history.lock().unwrap_or_else(|p| p.into_inner()) = history;
+    }
+}
+
 /// The admin socket's view of the server.
-struct AdminState {
+pub(crate) struct AdminState {
     config: Config,
     registry: Arc<Registry>,
-    listeners: BTreeMap<String, String>,
+    pub listeners: Mutex<BTreeMap<String, String>>,
     started: SystemTime,
     stop: Arc<Notify>,
+    upgrades: mpsc::Sender<UpgradeRequest>,
+    pub history: Mutex<Vec<UpgradeRecord>>,
 }
 
 impl AdminHandler for AdminState {
@@ -190,27 +335,54 @@ impl AdminHandler for AdminState {
             uptime_secs: self.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
             data_dir: self.config.data.display().to_string(),
             root: self.config.root_dir().display().to_string(),
-            listeners: self.listeners.clone(),
+            listeners: self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             connections: self.registry.session_count(),
             sessions: self.registry.sessions(),
             transfers: self.registry.transfers(),
             recent_transfers: self.registry.recent_transfers(),
             counters: self.registry.counters(),
+            upgrades: self.history.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
     fn shutdown(&self) {
         self.stop.notify_one();
     }
+
+    fn upgrade(&self, binary: Option<PathBuf>) -> Option<UpgradeTicket> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let (delivered_tx, delivered_rx) = oneshot::channel();
+        let request = UpgradeRequest { binary, reply: Some((reply_tx, delivered_rx)) };
+        self.upgrades.try_send(request).ok()?;
+        Some(UpgradeTicket { result: reply_rx, delivered: delivered_tx })
+    }
 }
 
 /// Asks a running server for its status over the admin socket.
 pub async fn query_status(data: &std::path::Path) -> io::Result<Status> {
-    let socket = DataDir::new(data).socket();
-    match admin::request(&socket, &AdminRequest::Status).await {
-        Ok(admin::AdminResponse::Status(status)) => Ok(*status),
-        Ok(admin::AdminResponse::Error { message }) => Err(io::Error::other(message)),
-        Ok(other) => Err(io::Error::other(format!("unexpected admin reply: {other:?}"))),
-        Err(e) => Err(io::Error::new(e.kind(), format!("no ferry server answers at {} ({e})", socket.display()))),
+    match admin_request(data, &AdminRequest::Status).await? {
+        admin::AdminResponse::Status(status) => Ok(*status),
+        admin::AdminResponse::Error { message } => Err(io::Error::other(message)),
+        other => Err(io::Error::other(format!("unexpected admin reply: {other:?}"))),
     }
+}
+
+/// Asks a running server to upgrade itself; resolves once the new process
+/// serves (or the upgrade failed and the old one still does).
+pub async fn request_upgrade(
+    data: &std::path::Path,
+    binary: Option<PathBuf>,
+) -> io::Result<Result<UpgradeReport, String>> {
+    match admin_request(data, &AdminRequest::Upgrade { binary }).await? {
+        admin::AdminResponse::Upgraded(report) => Ok(Ok(report)),
+        admin::AdminResponse::Error { message } => Ok(Err(message)),
+        other => Err(io::Error::other(format!("unexpected admin reply: {other:?}"))),
+    }
+}
+
+async fn admin_request(data: &std::path::Path, req: &AdminRequest) -> io::Result<admin::AdminResponse> {
+    let socket = DataDir::new(data).socket();
+    admin::request(&socket, req)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("no ferry server answers at {} ({e})", socket.display())))
 }

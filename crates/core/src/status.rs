@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::TransferKind;
+use crate::upgrade::history::UpgradeRecord;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -21,6 +22,9 @@ pub struct Status {
     pub transfers: Vec<TransferStatus>,
     pub recent_transfers: Vec<FinishedTransfer>,
     pub counters: CounterStatus,
+    /// Past live upgrades, oldest first (carried across upgrades).
+    #[serde(default)]
+    pub upgrades: Vec<UpgradeRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

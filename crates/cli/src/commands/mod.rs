@@ -6,6 +6,7 @@ mod ls;
 mod put;
 mod serve;
 mod status;
+mod upgrade;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Put(args) => put::run(args).await,
         Command::Ls(args) => ls::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Upgrade(args) => upgrade::run(args).await,
         Command::Config(args) => config::run(args),
     }
 }

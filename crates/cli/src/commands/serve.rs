@@ -17,22 +17,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data = DataDir::new(config.data.clone());
     let root = config.root_dir();
     let mut server = Server::new(config.clone()).await?;
+    if server.is_upgrade() {
+        tracing::info!("started by a live upgrade; taking over");
+    }
     let store = FileStore::open(&root, &data.uploads())
         .with_context(|| format!("cannot open the file store at {}", root.display()))?;
     let store = Arc::new(store);
 
+    let mut services = 0;
     if config.transfer.enabled {
-        let listener = server.bind("transfer", config.transfer.port).await?;
         let service = TransferService::new(store.clone(), config.transfer.clone());
         service.spawn_housekeeping();
-        server.add_service(listener, service, config.transfer.max_connections);
+        server.add_service(service, config.transfer.port, config.transfer.max_connections);
+        services += 1;
     }
     for (name, enabled) in [("http", config.http.enabled), ("kv", config.kv.enabled), ("sync", config.sync.enabled)] {
         if enabled {
             tracing::debug!("the {name} service is not part of this release yet");
         }
     }
-    if server.listeners().is_empty() {
+    if services == 0 {
         anyhow::bail!("every service is disabled; nothing to serve");
     }
     server.run().await?;

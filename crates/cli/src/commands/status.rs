@@ -26,6 +26,22 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         c.transfers_completed,
         c.transfers_failed
     );
+    if !status.upgrades.is_empty() {
+        println!("upgrades:");
+        for u in &status.upgrades {
+            let gap = u.pause_gap_us.map(|g| format!("{:.2} ms", g as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+            println!(
+                "  {} pid {} ({}) -> {} ({}) gap {gap}, {} sessions: {}",
+                u.unix_ms,
+                u.old_pid,
+                u.old_version,
+                u.new_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                u.new_version.as_deref().unwrap_or("-"),
+                u.sessions_moved,
+                u.outcome
+            );
+        }
+    }
     if !status.transfers.is_empty() {
         println!("transfers in progress:");
         for t in &status.transfers {

@@ -95,7 +95,8 @@ async fn idle(svc: &Arc<TransferService>, conn: &mut Conn, ctx: &mut SessionCtx)
     let idle_for = Duration::from_secs(svc.config.idle_timeout_secs);
     let mut deadline = Instant::now() + idle_for;
     loop {
-        if ctx.pause.requested().is_some() && !conn.has_output() {
+        // Output still queued (a LIST reply) travels in the parked state.
+        if ctx.pause.requested().is_some() {
             return Step::Park(Phase::Idle);
         }
         match take_frame(conn, max) {
@@ -125,9 +126,7 @@ async fn idle(svc: &Arc<TransferService>, conn: &mut Conn, ctx: &mut SessionCtx)
         }
         tokio::select! {
             biased;
-            // While output is pending (a LIST reply), finish writing it
-            // before parking; a pause only waits for the next pass.
-            _ = ctx.pause.wait(), if !conn.has_output() => {}
+            _ = ctx.pause.wait() => {}
             event = conn.pump(true) => match event {
                 Ok(event) if event.peer_closed() => return closed_by_peer(conn),
                 Ok(event) => {

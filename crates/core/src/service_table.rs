@@ -1,0 +1,79 @@
+//! The services a server runs, behind one object-safe interface, so the
+//! runtime can start their accept loops and resume their sessions from
+//! serialized state without knowing their types (in a new process after a
+//! live upgrade, or in the old one after a rollback).
+
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::listener::{LoopCtx, spawn_accept_loop, spawn_session};
+use crate::service::Service;
+
+/// One service as the runtime sees it.
+pub trait ServiceEntry: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Configured port (0: any free port).
+    fn port(&self) -> u16;
+    fn spawn_accept(&self, listener: TcpListener, ctx: LoopCtx) -> JoinHandle<TcpListener>;
+    /// Whether this build can continue a session from `state`.
+    fn check_state(&self, state: &serde_json::Value) -> Result<(), String>;
+    /// Continues a paused session on `stream`.
+    fn resume(
+        &self,
+        stream: TcpStream,
+        state: serde_json::Value,
+        read_buf: Vec<u8>,
+        pending_out: Vec<u8>,
+        ctx: LoopCtx,
+    ) -> Result<(), String>;
+}
+
+pub struct Entry<S: Service> {
+    service: Arc<S>,
+    port: u16,
+    /// Shared by fresh and resumed sessions, and kept across a rollback.
+    limit: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl<S: Service> Entry<S> {
+    pub fn new(service: Arc<S>, port: u16, max_connections: usize) -> Entry<S> {
+        Entry { service, port, limit: Arc::new(Semaphore::new(max_connections)), max_connections }
+    }
+}
+
+impl<S: Service> ServiceEntry for Entry<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn spawn_accept(&self, listener: TcpListener, ctx: LoopCtx) -> JoinHandle<TcpListener> {
+        spawn_accept_loop(self.service.clone(), listener, self.limit.clone(), self.max_connections, ctx)
+    }
+
+    fn check_state(&self, state: &serde_json::Value) -> Result<(), String> {
+        serde_json::from_value::<S::State>(state.clone()).map(|_| ()).map_err(|e| format!("{}: {e}", S::NAME))
+    }
+
+    fn resume(
+        &self,
+        stream: TcpStream,
+        state: serde_json::Value,
+        read_buf: Vec<u8>,
+        pending_out: Vec<u8>,
+        ctx: LoopCtx,
+    ) -> Result<(), String> {
+        let state: S::State = serde_json::from_value(state).map_err(|e| format!("{}: {e}", S::NAME))?;
+        // A resumed session keeps its place even if the limit is full.
+        let permit = self.limit.clone().try_acquire_owned().ok();
+        spawn_session(self.service.clone(), stream, Some((state, read_buf, pending_out)), permit, ctx);
+        Ok(())
+    }
+}

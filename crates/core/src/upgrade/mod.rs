@@ -1,0 +1,119 @@
+//! Live upgrade: moving listeners, every established connection and each
+//! session's state to a new executable (docs/upgrade.md).
+//!
+//! The old process starts the new one with one end of a `SOCK_SEQPACKET`
+//! pair ([`channel`]), waits for `INIT`, pauses every session at a safe
+//! point, sends the descriptors and one [`handover`] blob, and exits once
+//! the new process says `READY`. Anything else — the new process exits,
+//! hangs, or refuses the blob — rolls back: the old process resumes its own
+//! sessions and listeners.
+
+pub mod channel;
+pub mod handover;
+pub mod history;
+mod new_side;
+mod old_side;
+pub mod sd_notify;
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) use new_side::adopt;
+pub(crate) use old_side::hand_over;
+
+/// What `ferry upgrade` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    pub old_pid: u32,
+    pub old_version: String,
+    pub new_pid: u32,
+    pub new_version: String,
+    pub pause_gap_us: u64,
+    pub sessions_moved: usize,
+}
+
+/// Messages on the upgrade channel: a tag byte and a payload.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Message {
+    /// New → old: initialised, ready to take over; carries the version.
+    Init(String),
+    /// Old → new: a batch of descriptors is attached.
+    Fds,
+    /// Old → new: the blob follows in chunks, this many bytes in all.
+    Blob(u64),
+    Chunk(Vec<u8>),
+    /// Old → new: everything was sent.
+    End,
+    /// New → old: serving; carries a JSON [`ReadyInfo`].
+    Ready(Vec<u8>),
+    /// New → old: cannot take over, and why.
+    Refuse(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ReadyInfo {
+    pub pid: u32,
+    pub version: String,
+    pub pause_gap_us: u64,
+    pub sessions: usize,
+}
+
+impl Message {
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, body): (u8, &[u8]) = match self {
+            Message::Init(v) => (b'I', v.as_bytes()),
+            Message::Fds => (b'F', &[]),
+            Message::Blob(len) => return [&[b'B'][..], &len.to_be_bytes()].concat(),
+            Message::Chunk(b) => (b'C', b),
+            Message::End => (b'E', &[]),
+            Message::Ready(b) => (b'R', b),
+            Message::Refuse(r) => (b'X', r.as_bytes()),
+        };
+        [&[tag][..], body].concat()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+        let (&tag, body) = bytes.split_first().ok_or("empty upgrade message")?;
+        let text = || String::from_utf8(body.to_vec()).map_err(|_| "upgrade message is not UTF-8".to_string());
+        Ok(match tag {
+            b'I' => Message::Init(text()?),
+            b'F' => Message::Fds,
+            b'B' => {
+                let len: [u8; 8] = body.try_into().map_err(|_| "bad BLOB message")?;
+                Message::Blob(u64::from_be_bytes(len))
+            }
+            b'C' => Message::Chunk(body.to_vec()),
+            b'E' => Message::End,
+            b'R' => Message::Ready(body.to_vec()),
+            b'X' => Message::Refuse(text()?),
+            other => return Err(format!("unknown upgrade message tag 0x{other:02x}")),
+        })
+    }
+}
+
+/// Microseconds since the epoch (the pause gap spans two processes, so it
+/// is measured on the shared wall clock).
+pub(crate) fn now_unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [
+            Message::Init("0.1.0".into()),
+            Message::Fds,
+            Message::Blob(1 << 40),
+            Message::Chunk(vec![1, 2, 3]),
+            Message::End,
+            Message::Ready(b"{}".to_vec()),
+            Message::Refuse("no".into()),
+        ] {
+            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        }
+        assert!(Message::decode(b"").is_err());
+        assert!(Message::decode(b"Z").is_err());
+    }
+}
