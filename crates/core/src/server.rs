@@ -98,6 +98,7 @@ impl Server {
     /// is that server's live upgrade.
     pub async fn new(config: Config) -> Result<Server, ServerError> {
         config.validate()?;
+        raise_fd_limit();
         let data = DataDir::new(config.data.clone());
         data.create().map_err(io_err(format!("cannot create data directory {}", config.data.display())))?;
         let upgrade = match UpgradeChannel::from_env() {
@@ -355,6 +356,21 @@ impl AdminHandler for AdminState {
         let request = UpgradeRequest { binary, reply: Some((reply_tx, delivered_rx)) };
         self.upgrades.try_send(request).ok()?;
         Some(UpgradeTicket { result: reply_rx, delivered: delivered_tx })
+    }
+}
+
+/// Every connection is a descriptor, and during a live upgrade both
+/// processes hold them: raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open file limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open file limit: {e}"),
     }
 }
 

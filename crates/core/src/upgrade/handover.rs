@@ -192,6 +192,34 @@ mod tests {
         assert!(matches!(DecodedHandover::decode(&garbage, 3), Err(HandoverError::Header(_))));
     }
 
+    const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+
+    /// Every committed handover blob must still decode: a release must be
+    /// able to take over from the release before it.
+    #[test]
+    fn golden_blobs_still_decode() {
+        let v1 = std::fs::read(format!("{GOLDEN_DIR}/handover-v1.bin")).unwrap();
+        let d = DecodedHandover::decode(&v1, 3).unwrap();
+        assert_eq!(d.header.format, 1);
+        assert_eq!(d.header.old_pid, 4242);
+        assert_eq!(d.header.listeners[0].name, "transfer");
+        assert_eq!(d.header.listeners[1].name, "admin");
+        let s = &d.header.sessions[0];
+        assert_eq!(s.service, "transfer");
+        assert_eq!(s.fd, 2);
+        assert_eq!(d.slice(s.read_buf).unwrap(), b"\x04\x00\x00");
+        assert!(d.slice(s.pending_out).unwrap().ends_with(b"PAUSED upgrading"));
+    }
+
+    /// Regenerates the golden blob of the current format:
+    /// `cargo test -p ferry-core -- --ignored write_golden`. Only add new
+    /// files; never rewrite the blob of a released format.
+    #[test]
+    #[ignore]
+    fn write_golden() {
+        std::fs::write(format!("{GOLDEN_DIR}/handover-v{HANDOVER_FORMAT}.bin"), sample()).unwrap();
+    }
+
     #[test]
     fn a_newer_format_is_refused() {
         let mut b = HandoverBuilder::default();

@@ -63,3 +63,60 @@ impl SessionState {
         SessionState { format: STATE_FORMAT, phase }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+
+    fn samples() -> Vec<SessionState> {
+        let checkpoint = ferry_files::ResumableHash::new().checkpoint();
+        vec![
+            SessionState::new(Phase::Idle),
+            SessionState::new(Phase::Get(GetState {
+                name: "dir/big.bin".into(),
+                etag: "40000000-1843f9a2b5c3d000-1a2b".into(),
+                size: 1 << 30,
+                start_offset: 4096,
+                sent: 300 << 20,
+                acked: 292 << 20,
+                done_sent: false,
+            })),
+            SessionState::new(Phase::Put(PutState {
+                name: "up/new.bin".into(),
+                upload_id: "0123456789abcdef0123456789abcdef".into(),
+                size: Some(1 << 30),
+                start_offset: 0,
+                written: 5 << 20,
+                hash: checkpoint,
+            })),
+        ]
+    }
+
+    /// Every committed state file must still decode: a release must be able
+    /// to continue the sessions of the release before it.
+    #[test]
+    fn golden_states_still_decode() {
+        let text = std::fs::read_to_string(format!("{GOLDEN_DIR}/session-state-v1.json")).unwrap();
+        let states: Vec<SessionState> = serde_json::from_str(&text).unwrap();
+        assert_eq!(states.len(), 3);
+        assert!(states.iter().all(|s| s.format == 1));
+        assert_eq!(states[0].phase, Phase::Idle);
+        let Phase::Get(get) = &states[1].phase else { panic!("not a GET") };
+        assert_eq!((get.name.as_str(), get.sent, get.acked), ("dir/big.bin", 300 << 20, 292 << 20));
+        let Phase::Put(put) = &states[2].phase else { panic!("not a PUT") };
+        assert_eq!((put.written, put.size), (5 << 20, Some(1 << 30)));
+        ferry_files::ResumableHash::from_checkpoint(&put.hash).unwrap();
+    }
+
+    /// Regenerates the golden states of the current format:
+    /// `cargo test -p ferry-transfer -- --ignored write_golden`. Only add
+    /// new files; never rewrite those of a released format.
+    #[test]
+    #[ignore]
+    fn write_golden() {
+        let json = serde_json::to_string_pretty(&samples()).unwrap();
+        std::fs::write(format!("{GOLDEN_DIR}/session-state-v{STATE_FORMAT}.json"), json + "\n").unwrap();
+    }
+}
