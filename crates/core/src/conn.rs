@@ -115,13 +115,7 @@ impl Conn {
     /// of bytes read; 0 means the peer closed its side. Cancel-safe: if the
     /// future is dropped before completing, nothing was read.
     pub async fn read_more(&mut self) -> io::Result<usize> {
-        if self.read_buf.len() >= self.max_read_buffer {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer limit reached"));
-        }
-        let room = (self.max_read_buffer - self.read_buf.len()).min(READ_RESERVE);
-        if self.read_buf.capacity() - self.read_buf.len() < room {
-            self.read_buf.reserve(room);
-        }
+        let room = self.reserve_read_room()?;
         let mut limited = (&mut self.read_buf).limit(room);
         self.stream.read_buf(&mut limited).await
     }
@@ -145,36 +139,54 @@ impl Conn {
             let ready = self.stream.ready(interest).await?;
             let mut event = IoEvent::default();
             if want_write && ready.is_writable() {
-                let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-                match self.stream.try_write_vectored(&slices) {
-                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
-                    Ok(n) => {
-                        self.advance_out(n);
-                        event.wrote = n;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+                event.wrote = self.try_write_queued()?.unwrap_or(0);
             }
             if want_read && (ready.is_readable() || ready.is_read_closed()) {
-                if self.read_buf.len() >= self.max_read_buffer {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer limit reached"));
-                }
-                let room = (self.max_read_buffer - self.read_buf.len()).min(READ_RESERVE);
-                if self.read_buf.capacity() - self.read_buf.len() < room {
-                    self.read_buf.reserve(room);
-                }
-                let mut limited = (&mut self.read_buf).limit(room);
-                match self.stream.try_read_buf(&mut limited) {
-                    Ok(n) => event.read = Some(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
+                event.read = self.try_read_buffered()?;
             }
             if event.read.is_some() || event.wrote > 0 {
                 return Ok(event);
             }
         }
+    }
+
+    /// One non-blocking vectored write of queued output; `None` if the
+    /// socket would block.
+    fn try_write_queued(&mut self) -> io::Result<Option<usize>> {
+        let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
+        match self.stream.try_write_vectored(&slices) {
+            Ok(0) => Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
+            Ok(n) => {
+                self.advance_out(n);
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One non-blocking read into the read buffer, within its bound;
+    /// `None` if the socket would block.
+    fn try_read_buffered(&mut self) -> io::Result<Option<usize>> {
+        let room = self.reserve_read_room()?;
+        let mut limited = (&mut self.read_buf).limit(room);
+        match self.stream.try_read_buf(&mut limited) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes room for one read and says how much may be read.
+    fn reserve_read_room(&mut self) -> io::Result<usize> {
+        if self.read_buf.len() >= self.max_read_buffer {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer limit reached"));
+        }
+        let room = (self.max_read_buffer - self.read_buf.len()).min(READ_RESERVE);
+        if self.read_buf.capacity() - self.read_buf.len() < room {
+            self.read_buf.reserve(room);
+        }
+        Ok(room)
     }
 
     /// Appends bytes to the output queue (not yet written).
@@ -223,12 +235,8 @@ impl Conn {
     /// cannot go out travels with the session state.
     pub fn try_flush(&mut self) -> io::Result<()> {
         while self.out_len > 0 {
-            let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-            match self.stream.try_write_vectored(&slices) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
-                Ok(n) => self.advance_out(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
+            if self.try_write_queued()?.is_none() {
+                return Ok(());
             }
         }
         Ok(())

@@ -51,6 +51,10 @@ impl Server {
     }
 
     fn spawn(data: PathBuf, port: &str, extra: Vec<String>) -> Server {
+        Server::spawn_env(data, port, extra, &[])
+    }
+
+    fn spawn_env(data: PathBuf, port: &str, extra: Vec<String>, env: &[(&str, &str)]) -> Server {
         let _ = std::fs::remove_file(data.join("listen.json"));
         let log = std::fs::create_dir_all(&data)
             .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
@@ -61,6 +65,7 @@ impl Server {
             .args(["--transfer-port", port, "--no-http", "--no-kv", "--no-sync"])
             .args(&extra)
             .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -85,6 +90,7 @@ impl Server {
 
     /// SIGKILL, no cleanup: a crash.
     pub fn kill(&mut self) {
+        self.kill_upgraded();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -95,9 +101,10 @@ impl Server {
         let port = self.port().to_string();
         let data = self.data.clone();
         let extra = std::mem::take(&mut self.extra);
-        // The port is ours until another process takes it; retry briefly
-        // in case the kernel has not released it yet.
-        *self = Server::spawn(data, &port, extra);
+        let fresh = Server::spawn(data, &port, extra);
+        // The old value is killed and reaped already; dropping it would
+        // read ferry.pid, which now names the fresh server, and kill it.
+        std::mem::forget(std::mem::replace(self, fresh));
     }
 
     /// `ferry status --json`.
@@ -227,6 +234,52 @@ impl Raw {
                 Ok(_) => continue,
                 Err(e) => panic!("expected EOF, got {e}"),
             }
+        }
+    }
+}
+
+/// Whether `pid` names a live process (not gone, not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| !matches!(rest.trim_start().chars().next(), Some('Z' | 'X')))
+        }
+        Err(_) => false,
+    }
+}
+
+impl Server {
+    /// Like [`Server::start_with`], with extra environment variables for
+    /// the server (and so for every process a live upgrade starts).
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let data = dir.join("data");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::spawn_env(data, "0", extra, env)
+    }
+
+    /// The pid in `<data>/ferry.pid`: the process serving now, which after a
+    /// live upgrade is not the one this harness started.
+    pub fn current_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data.join("ferry.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// SIGKILLs the serving process if a live upgrade replaced the one this
+    /// harness started (that one is killed and reaped through `child`).
+    fn kill_upgraded(&mut self) {
+        let Some(pid) = self.current_pid() else { return };
+        if pid == self.pid() || !alive(pid) {
+            return;
+        }
+        // Guard against a recycled pid: only a ferry server is killed.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains("serve") {
+            return;
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let start = Instant::now();
+        while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

@@ -11,6 +11,7 @@ use super::error::ClientError;
 use super::observer::Observer;
 use super::rate::RateLimit;
 use super::resume_store::ResumeStore;
+use super::retry::Retrier;
 use super::sink::{PartFile, Sink, part_path};
 use crate::command::{Reply, Request};
 use crate::frame::Frame;
@@ -62,7 +63,7 @@ pub async fn get(
     if resumed_from > 0 {
         obs.notice(&format!("resuming {name} from byte {resumed_from}"));
     }
-    let mut failures = 0u32;
+    let mut retrier = Retrier::new(opts.retries, opts.backoff);
     let mut attempts = 0u32;
     let mut restarted_for_verify = false;
     loop {
@@ -93,19 +94,7 @@ pub async fn get(
                 restarted_for_verify = true;
                 dl.restart()?;
             }
-            Err(e) if e.is_transient() => {
-                if dl.sink.pos() > before {
-                    failures = 0;
-                }
-                failures += 1;
-                if failures > opts.retries {
-                    return Err(e);
-                }
-                let delay = opts.backoff.delay(failures);
-                obs.notice(&format!("{e}; retrying in {:.1}s ({failures}/{})", delay.as_secs_f64(), opts.retries));
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
+            Err(e) => retrier.after(e, dl.sink.pos() > before, obs).await?,
         }
     }
 }

@@ -5,19 +5,18 @@ use ferry_files::FileEntry;
 use super::ClientOptions;
 use super::connection::ClientConn;
 use super::error::ClientError;
+use super::observer::Silent;
+use super::retry::Retrier;
 use crate::command::{Reply, Request};
 use crate::frame::Frame;
 
 /// Lists the server's files (retrying a failed connection like transfers do).
 pub async fn list(opts: &ClientOptions) -> Result<Vec<FileEntry>, ClientError> {
-    let mut failures = 0;
+    let mut retrier = Retrier::new(opts.retries, opts.backoff);
     loop {
         match attempt(opts).await {
-            Err(e) if e.is_transient() && failures < opts.retries => {
-                failures += 1;
-                tokio::time::sleep(opts.backoff.delay(failures)).await;
-            }
-            result => return result,
+            Ok(entries) => return Ok(entries),
+            Err(e) => retrier.after(e, false, &mut Silent).await?,
         }
     }
 }

@@ -13,6 +13,7 @@ use super::error::ClientError;
 use super::observer::Observer;
 use super::rate::RateLimit;
 use super::resume_store::ResumeStore;
+use super::retry::Retrier;
 use super::source::{Source, StdinSource};
 use crate::command::{Reply, Request};
 use crate::frame::Frame;
@@ -102,7 +103,7 @@ pub async fn put(
         acked: 0,
         rate: RateLimit::new(opts.limit_rate),
     };
-    let mut failures = 0u32;
+    let mut retrier = Retrier::new(opts.retries, opts.backoff);
     let mut attempts = 0u32;
     let mut resumed_from = None;
     loop {
@@ -116,19 +117,7 @@ pub async fn put(
                 obs.finish();
                 return Ok(PutResult { resumed_from: resumed_from.unwrap_or(0), attempts, ..result });
             }
-            Err(e) if e.is_transient() => {
-                if up.acked > before {
-                    failures = 0;
-                }
-                failures += 1;
-                if failures > opts.retries {
-                    return Err(e);
-                }
-                let delay = opts.backoff.delay(failures);
-                obs.notice(&format!("{e}; retrying in {:.1}s ({failures}/{})", delay.as_secs_f64(), opts.retries));
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
+            Err(e) => retrier.after(e, up.acked > before, obs).await?,
         }
     }
 }
