@@ -164,20 +164,21 @@ impl Server {
             parked: parked_rx,
             services: self.services,
             admin: admin_state,
-            exe: std::env::current_exe().map_err(io_err("cannot find this executable"))?,
+            exe: started_from().map_err(io_err("cannot find this executable"))?,
             args: std::env::args_os().skip(1).collect(),
         };
 
+        // Handlers first: readiness is announced below, and a SIGUSR2 or
+        // SIGTERM that arrives right after must not meet default actions.
+        let mut term = signal(SignalKind::terminate()).map_err(io_err("cannot install SIGTERM handler"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io_err("cannot install SIGINT handler"))?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(io_err("cannot install SIGUSR2 handler"))?;
         let mut running = match self.upgrade {
             Some(channel) => upgrade::adopt(&mut rt, channel).await.map_err(ServerError::Adopt)?,
             None => rt.start_fresh().await?,
         };
         let pid = std::process::id();
         tracing::info!(pid, version = %version(), data = %rt.config.data.display(), "ferry serving");
-
-        let mut term = signal(SignalKind::terminate()).map_err(io_err("cannot install SIGTERM handler"))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(io_err("cannot install SIGINT handler"))?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(io_err("cannot install SIGUSR2 handler"))?;
         loop {
             let request = tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
@@ -188,6 +189,12 @@ impl Server {
                     UpgradeRequest { binary: None, reply: None }
                 }
                 Some(request) = upgrade_rx.recv() => request,
+                Some(straggler) = rt.parked.recv() => {
+                    // A session that parked after a pause was lifted (an
+                    // upgrade that timed out waiting for it): carry on here.
+                    rt.resume_parked(straggler);
+                    continue;
+                }
             };
             let binary = request.binary.clone().unwrap_or_else(|| rt.exe.clone());
             match upgrade::hand_over(&mut rt, running, &binary).await {
@@ -302,6 +309,17 @@ impl Runtime {
         self.data.remove_published(std::process::id());
     }
 
+    /// Continues a parked session in this process.
+    pub(crate) fn resume_parked(&self, parked: ParkedSession) {
+        let Some(entry) = self.services.iter().find(|e| e.name() == parked.service) else { return };
+        let resumed = serde_json::from_slice(&parked.state).map_err(|e| e.to_string()).and_then(|state| {
+            entry.resume(parked.conn.stream, state, parked.conn.read_buf, parked.conn.pending_out, self.ctx.clone())
+        });
+        if let Err(e) = resumed {
+            tracing::error!("cannot resume a parked {} session: {e}", parked.service);
+        }
+    }
+
     pub(crate) fn push_history(&self, record: UpgradeRecord) {
         let mut history = self.admin.history.lock().unwrap_or_else(|p| p.into_inner());
         upgrade::history::push(&mut history, record);
@@ -356,6 +374,17 @@ impl AdminHandler for AdminState {
         let request = UpgradeRequest { binary, reply: Some((reply_tx, delivered_rx)) };
         self.upgrades.try_send(request).ok()?;
         Some(UpgradeTicket { result: reply_rx, delivered: delivered_tx })
+    }
+}
+
+/// The path this executable was started by, made absolute: what SIGUSR2
+/// starts again. `argv[0]` keeps a symlink a symlink (so repointing it, or
+/// replacing the file, picks up the new build); a bare command name found
+/// through PATH falls back to the resolved executable.
+fn started_from() -> io::Result<PathBuf> {
+    match std::env::args_os().next().map(PathBuf::from) {
+        Some(path) if path.components().count() > 1 => std::path::absolute(path),
+        _ => std::env::current_exe(),
     }
 }
 

@@ -35,6 +35,15 @@ pub trait Service: Send + Sync + 'static {
         ctx: SessionCtx,
     ) -> impl Future<Output = SessionEnd<Self::State>> + Send;
 
+    /// Whether this build can continue a session from `state` (e.g. its
+    /// format is not newer than this build writes). Checked for every
+    /// session before a new process accepts a handover, so a state it cannot
+    /// continue rolls the upgrade back instead of failing the session.
+    fn check_state(&self, state: &Self::State) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+
     /// Tells a connection that arrived over the connection limit why it is
     /// being closed, in the protocol's own form.
     fn refuse(&self, conn: Conn, reason: String) -> impl Future<Output = ()> + Send;

@@ -59,7 +59,8 @@ impl<S: Service> ServiceEntry for Entry<S> {
     }
 
     fn check_state(&self, state: &serde_json::Value) -> Result<(), String> {
-        serde_json::from_value::<S::State>(state.clone()).map(|_| ()).map_err(|e| format!("{}: {e}", S::NAME))
+        let state = serde_json::from_value::<S::State>(state.clone()).map_err(|e| format!("{}: {e}", S::NAME))?;
+        self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))
     }
 
     fn resume(

@@ -64,7 +64,36 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         }
     }
 
-    // Sessions first (they were paused longest), then listeners.
+    // Prepare every listener before touching any session: up to here a
+    // failure can still be refused, and the old process resumes everything.
+    let mut prepared = Vec::new();
+    for entry in rt.services.clone() {
+        let listener = match inherited.remove(entry.name()) {
+            Some(fd) => TcpListener::from_std(std::net::TcpListener::from(fd))
+                .map_err(|e| refuse(format!("cannot adopt the {} listener: {e}", entry.name())))?,
+            None => {
+                // A service the old process did not run.
+                let addr = SocketAddr::new(rt.config.bind, entry.port());
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| refuse(format!("cannot bind {} on {addr}: {e}", entry.name())))?
+            }
+        };
+        prepared.push((entry, listener));
+    }
+    for name in inherited.keys() {
+        tracing::warn!("closing the {name} listener: this build has no such service");
+    }
+    let admin_listener = match admin_fd {
+        Some(fd) => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+            .map_err(|e| refuse(format!("cannot adopt the admin socket: {e}")))?,
+        None => {
+            let _ = std::fs::remove_file(rt.data.socket());
+            UnixListener::bind(rt.data.socket()).map_err(|e| refuse(format!("cannot bind the admin socket: {e}")))?
+        }
+    };
+
+    // The point of no return: sessions run here from now on.
     let sessions = handover.header.sessions.len();
     for s in &handover.header.sessions {
         let (Some(fd), Some(entry)) = (take(s.fd), rt.services.iter().find(|e| e.name() == s.service)) else {
@@ -82,31 +111,15 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
     }
     let mut loops = Vec::new();
     let mut listen = BTreeMap::new();
-    for entry in rt.services.clone() {
-        let listener = match inherited.remove(entry.name()) {
-            Some(fd) => TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(|e| e.to_string())?,
-            None => {
-                // A service the old process did not run.
-                let addr = SocketAddr::new(rt.config.bind, entry.port());
-                TcpListener::bind(addr).await.map_err(|e| format!("cannot bind {} on {addr}: {e}", entry.name()))?
-            }
-        };
+    for (entry, listener) in prepared {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         listen.insert(entry.name().to_string(), addr);
         loops.push((entry.clone(), entry.spawn_accept(listener, rt.ctx.clone())));
     }
-    for name in inherited.keys() {
-        tracing::warn!("closing the {name} listener: this build has no such service");
-    }
-    let admin_listener = match admin_fd {
-        Some(fd) => UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)).map_err(|e| e.to_string())?,
-        None => {
-            let _ = std::fs::remove_file(rt.data.socket());
-            UnixListener::bind(rt.data.socket()).map_err(|e| format!("cannot bind the admin socket: {e}"))?
-        }
-    };
     let admin = rt.spawn_admin(admin_listener);
-    rt.publish(&listen).map_err(|e| e.to_string())?;
+    if let Err(e) = rt.publish(&listen) {
+        tracing::error!("serving, but cannot publish the listen and pid files: {e}");
+    }
 
     let gap = now_unix_us().saturating_sub(handover.header.pause_started_unix_us);
     let pid = std::process::id();

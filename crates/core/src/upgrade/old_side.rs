@@ -1,6 +1,7 @@
 //! The old process's side of a live upgrade.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -159,10 +160,13 @@ pub(crate) async fn hand_over(
 
 fn start(rt: &Runtime, binary: &Path) -> Result<(UpgradeChannel, Child), String> {
     let (channel, child_end) = UpgradeChannel::pair().map_err(|e| format!("cannot create the upgrade channel: {e}"))?;
+    // Its own process group, so a rollback can stop it and anything it
+    // started (a wrapper script's children).
     let child = Command::new(binary)
         .args(&rt.args)
         .env(UPGRADE_FD_ENV, child_end.as_raw_fd().to_string())
         .stdin(Stdio::null())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     drop(child_end);
@@ -185,12 +189,26 @@ async fn wait_message(channel: &Arc<UpgradeChannel>, child: &mut Child, deadline
         match got {
             Ok(Some((bytes, _))) => return Message::decode(&bytes),
             Ok(None) => continue,
-            Err(e) => return Err(format!("the new process closed the upgrade channel: {e}")),
+            Err(e) => {
+                // Usually the process is exiting: report its status if it
+                // comes within a moment.
+                for _ in 0..50 {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!("the new process exited ({status}) before it was ready"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                return Err(format!("the new process closed the upgrade channel: {e}"));
+            }
         }
     }
 }
 
+/// Stops the new process and its process group, and reaps it.
 fn kill(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -285,6 +303,8 @@ fn send_all(channel: &UpgradeChannel, fds: &[RawFd], blob: &[u8], timeout: Durat
 fn rollback(rt: &mut Runtime, mut record: UpgradeRecord, reason: String, bundle: Bundle) -> (String, Running) {
     tracing::warn!("rolling back the upgrade: {reason}");
     rt.pause.resume();
+    // Sessions that parked after the pause deadline are resumed by the run
+    // loop as stragglers.
     let mut loops = Vec::new();
     for (entry, fd, _) in bundle.listeners {
         let std = std::net::TcpListener::from(fd);
@@ -317,6 +337,12 @@ fn rollback(rt: &mut Runtime, mut record: UpgradeRecord, reason: String, bundle:
             tracing::error!("cannot resume a {} session after rollback: {e}", s.service);
         }
     }
+    // The new process may have published its own pid before it failed.
+    let listen = rt.admin.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Err(e) = rt.publish(&listen) {
+        tracing::error!("cannot republish the listen and pid files: {e}");
+    }
+    super::sd_notify::notify(&format!("MAINPID={}", std::process::id()));
     record.outcome = format!("rolled back: {reason}");
     rt.push_history(record);
     (reason, Running { loops, admin })

@@ -90,6 +90,16 @@ impl Service for TransferService {
         session::run(self, conn, resume, ctx)
     }
 
+    fn check_state(&self, state: &SessionState) -> Result<(), String> {
+        if state.format > STATE_FORMAT {
+            return Err(format!(
+                "session state format {} is newer than this build reads ({STATE_FORMAT})",
+                state.format
+            ));
+        }
+        Ok(())
+    }
+
     async fn refuse(&self, mut conn: Conn, reason: String) {
         crate::wire::queue_frame(&mut conn, &Frame::Error(ErrorCode::Busy.message(reason)));
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
