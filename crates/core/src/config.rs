@@ -65,12 +65,38 @@ pub struct HttpConfig {
     pub port: u16,
 }
 
-/// The memcached-protocol kv service (its own issue; switch and port reserved).
+/// The memcached-protocol kv service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvConfig {
     pub enabled: bool,
     pub port: u16,
+    /// `os`: written to the log before the reply (survives a killed
+    /// process); `fsync`: group-committed to disk before the reply
+    /// (survives power loss); `memory`: no log, evicts like memcached.
+    pub durability: KvDurability,
+    /// Largest value accepted (`SERVER_ERROR object too large for cache`).
+    pub max_item_bytes: u64,
+    /// Memory for keys and values; persistent modes refuse writes past it
+    /// (`SERVER_ERROR out of memory storing object`), `memory` evicts.
+    pub max_memory: u64,
+    pub max_connections: usize,
+    /// A connection idle this long is closed (0: never, like memcached).
+    pub idle_timeout_secs: u64,
+    /// The log is not compacted below this size.
+    pub compact_min_bytes: u64,
+    /// Compaction starts when this fraction of the log is garbage.
+    pub compact_garbage_ratio: f64,
+    /// Longest wait of a write for its group commit in `fsync` mode, µs.
+    pub group_commit_interval_us: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvDurability {
+    Os,
+    Fsync,
+    Memory,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,7 +157,18 @@ impl Default for HttpConfig {
 
 impl Default for KvConfig {
     fn default() -> Self {
-        KvConfig { enabled: true, port: 11211 }
+        KvConfig {
+            enabled: true,
+            port: 11211,
+            durability: KvDurability::Os,
+            max_item_bytes: MIB,
+            max_memory: 1 << 30,
+            max_connections: 4096,
+            idle_timeout_secs: 0,
+            compact_min_bytes: 64 * MIB,
+            compact_garbage_ratio: 0.5,
+            group_commit_interval_us: 1000,
+        }
     }
 }
 
@@ -187,6 +224,19 @@ impl Config {
         }
         if t.max_name_bytes == 0 || t.max_name_bytes > 4096 {
             return bad("transfer.max_name_bytes must be between 1 and 4096");
+        }
+        let k = &self.kv;
+        if k.max_item_bytes < 1024 || k.max_item_bytes > 1 << 30 {
+            return bad("kv.max_item_bytes must be between 1024 and 1073741824");
+        }
+        if k.max_memory < k.max_item_bytes {
+            return bad("kv.max_memory must be at least kv.max_item_bytes");
+        }
+        if k.max_connections == 0 {
+            return bad("kv.max_connections must be at least 1");
+        }
+        if !(0.05..=0.95).contains(&k.compact_garbage_ratio) {
+            return bad("kv.compact_garbage_ratio must be between 0.05 and 0.95");
         }
         Ok(())
     }

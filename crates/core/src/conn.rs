@@ -15,9 +15,14 @@ use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Bytes reserved in the read buffer before each read, so one read can take
-/// a large chunk of a fast stream.
-const READ_RESERVE: usize = 256 * 1024;
+/// Smallest and largest room made in the read buffer for one read. The
+/// size adapts: reads that fill their room double it (a fast stream is
+/// read in large pieces and the buffer is regrown rarely, which matters
+/// because complete frames split off the buffer keep its old allocation
+/// alive and regrowing copies the partial frame), reads that use little of
+/// it halve it (an idle connection holds little memory).
+const READ_MIN: usize = 16 * 1024;
+const READ_MAX: usize = 1024 * 1024;
 /// Most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -26,6 +31,8 @@ const MAX_IOVECS: usize = 64;
 pub struct Conn {
     stream: TcpStream,
     read_buf: BytesMut,
+    /// Room made for the next read (between READ_MIN and READ_MAX).
+    read_room: usize,
     out: VecDeque<Bytes>,
     out_len: usize,
     /// Hard bound on buffered input; the protocol layer rejects oversized
@@ -76,10 +83,11 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let mut conn = Conn {
             stream,
-            read_buf: BytesMut::with_capacity(READ_RESERVE.max(read_buf.len())),
+            read_buf: BytesMut::with_capacity(READ_MIN.max(read_buf.len())),
+            read_room: READ_MIN,
             out: VecDeque::new(),
             out_len: 0,
-            max_read_buffer: max_read_buffer.max(READ_RESERVE),
+            max_read_buffer: max_read_buffer.max(READ_MIN),
         };
         conn.read_buf.extend_from_slice(read_buf);
         if !pending_out.is_empty() {
@@ -117,7 +125,9 @@ impl Conn {
     pub async fn read_more(&mut self) -> io::Result<usize> {
         let room = self.reserve_read_room()?;
         let mut limited = (&mut self.read_buf).limit(room);
-        self.stream.read_buf(&mut limited).await
+        let n = self.stream.read_buf(&mut limited).await?;
+        self.adapt_read_room(n, room);
+        Ok(n)
     }
 
     /// Waits until the socket can make progress and makes it: writes queued
@@ -171,22 +181,35 @@ impl Conn {
         let room = self.reserve_read_room()?;
         let mut limited = (&mut self.read_buf).limit(room);
         match self.stream.try_read_buf(&mut limited) {
-            Ok(n) => Ok(Some(n)),
+            Ok(n) => {
+                self.adapt_read_room(n, room);
+                Ok(Some(n))
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Makes room for one read and says how much may be read.
+    /// Makes room for one read and says how much may be read. When the
+    /// buffer must grow it grows by several reads' worth at once.
     fn reserve_read_room(&mut self) -> io::Result<usize> {
         if self.read_buf.len() >= self.max_read_buffer {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "read buffer limit reached"));
         }
-        let room = (self.max_read_buffer - self.read_buf.len()).min(READ_RESERVE);
+        let left = self.max_read_buffer - self.read_buf.len();
+        let room = left.min(self.read_room);
         if self.read_buf.capacity() - self.read_buf.len() < room {
-            self.read_buf.reserve(room);
+            self.read_buf.reserve(left.min(self.read_room * 4));
         }
         Ok(room)
+    }
+
+    fn adapt_read_room(&mut self, n: usize, room: usize) {
+        if n == room {
+            self.read_room = (self.read_room * 2).min(READ_MAX);
+        } else if n < room / 8 {
+            self.read_room = (self.read_room / 2).max(READ_MIN);
+        }
     }
 
     /// Appends bytes to the output queue (not yet written).

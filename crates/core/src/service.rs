@@ -44,6 +44,23 @@ pub trait Service: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Old process, live upgrade: every session is parked; flush and stop
+    /// writing any store, so the new process can take over its files.
+    fn prepare_handover(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Old process: the upgrade failed after `prepare_handover`; resume
+    /// writing.
+    fn resume_after_rollback(&self) {}
+
+    /// New process, live upgrade: the old process has stopped writing;
+    /// catch stores up with what it wrote since this process opened them.
+    /// Runs before any session resumes; an error refuses the handover.
+    fn catch_up(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Tells a connection that arrived over the connection limit why it is
     /// being closed, in the protocol's own form.
     fn refuse(&self, conn: Conn, reason: String) -> impl Future<Output = ()> + Send;

@@ -20,6 +20,9 @@ pub trait ServiceEntry: Send + Sync {
     fn spawn_accept(&self, listener: TcpListener, ctx: LoopCtx) -> JoinHandle<TcpListener>;
     /// Whether this build can continue a session from `state`.
     fn check_state(&self, state: &serde_json::Value) -> Result<(), String>;
+    fn prepare_handover(&self) -> Result<(), String>;
+    fn resume_after_rollback(&self);
+    fn catch_up(&self) -> Result<(), String>;
     /// Continues a paused session on `stream`.
     fn resume(
         &self,
@@ -61,6 +64,18 @@ impl<S: Service> ServiceEntry for Entry<S> {
     fn check_state(&self, state: &serde_json::Value) -> Result<(), String> {
         let state = serde_json::from_value::<S::State>(state.clone()).map_err(|e| format!("{}: {e}", S::NAME))?;
         self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))
+    }
+
+    fn prepare_handover(&self) -> Result<(), String> {
+        self.service.prepare_handover()
+    }
+
+    fn resume_after_rollback(&self) {
+        self.service.resume_after_rollback()
+    }
+
+    fn catch_up(&self) -> Result<(), String> {
+        self.service.catch_up()
     }
 
     fn resume(

@@ -50,6 +50,19 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         entry.check_state(&s.state).map_err(|e| refuse(format!("cannot continue a session: {e}")))?;
     }
 
+    // The old process has stopped writing: catch stores up with its tail.
+    let services = rt.services.clone();
+    tokio::task::spawn_blocking(move || {
+        for entry in &services {
+            entry.catch_up().map_err(|e| format!("{}: {e}", entry.name()))?;
+        }
+        Ok::<_, String>(())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
+    .map_err(|e| refuse(format!("cannot catch up the stores: {e}")))?;
+
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut take = |index: usize| fds.get_mut(index).and_then(Option::take);
     let mut inherited: BTreeMap<String, OwnedFd> = BTreeMap::new();

@@ -98,6 +98,21 @@ pub(crate) async fn hand_over(
         return Err(rollback(rt, record, reason, bundle));
     }
     record.sessions_moved = bundle.sessions.len();
+    // Stores stop writing so the new process can take over their files.
+    let prepared: Vec<Arc<dyn ServiceEntry>> = rt.services.clone();
+    let flushed = tokio::task::spawn_blocking(move || {
+        for entry in &prepared {
+            entry.prepare_handover().map_err(|e| format!("{}: {e}", entry.name()))?;
+        }
+        Ok::<_, String>(())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    if let Err(reason) = flushed {
+        kill(&mut child);
+        return Err(rollback(rt, record, format!("cannot prepare the stores: {reason}"), bundle));
+    }
 
     // 4. Send descriptors and the blob.
     let header = Handover {
@@ -302,6 +317,9 @@ fn send_all(channel: &UpgradeChannel, fds: &[RawFd], blob: &[u8], timeout: Durat
 /// The upgrade failed after sessions paused: resume everything here.
 fn rollback(rt: &mut Runtime, mut record: UpgradeRecord, reason: String, bundle: Bundle) -> (String, Running) {
     tracing::warn!("rolling back the upgrade: {reason}");
+    for entry in &rt.services {
+        entry.resume_after_rollback();
+    }
     rt.pause.resume();
     // Sessions that parked after the pause deadline are resumed by the run
     // loop as stragglers.

@@ -80,7 +80,7 @@ pub async fn put(
                 meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
                 meta.ino()
             );
-            (Source::File { file, size: meta.len() }, opts.cache_dir.clone().map(|d| (ResumeStore::new(d), identity)))
+            (Source::file(file, meta.len()), opts.cache_dir.clone().map(|d| (ResumeStore::new(d), identity)))
         }
     };
     let upload_id = record
