@@ -64,7 +64,7 @@ pub struct ServeArgs {
     /// HTTP gateway port [default: 7080] (the gateway arrives in a later release)
     #[arg(long, value_name = "N")]
     pub http_port: Option<u16>,
-    /// kv (memcached protocol) port [default: 11211] (arrives in a later release)
+    /// kv (memcached protocol) port [default: 11211]
     #[arg(long, value_name = "N")]
     pub kv_port: Option<u16>,
     /// Sync service port [default: 7071] (arrives in a later release)

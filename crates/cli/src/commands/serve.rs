@@ -6,6 +6,7 @@ use anyhow::Context;
 use ferry_core::data_dir::DataDir;
 use ferry_core::server::Server;
 use ferry_files::FileStore;
+use ferry_kv::KvService;
 use ferry_transfer::TransferService;
 
 use super::config::effective;
@@ -31,7 +32,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         server.add_service(service, config.transfer.port, config.transfer.max_connections);
         services += 1;
     }
-    for (name, enabled) in [("http", config.http.enabled), ("kv", config.kv.enabled), ("sync", config.sync.enabled)] {
+    if config.kv.enabled {
+        let dir = config.data.join("kv");
+        let kv_config = config.kv.clone();
+        let kv = tokio::task::spawn_blocking(move || KvService::open(&dir, kv_config))
+            .await
+            .context("kv store task failed")?
+            .with_context(|| format!("cannot open the kv store in {}", config.data.join("kv").display()))?;
+        server.add_service(kv, config.kv.port, config.kv.max_connections);
+        services += 1;
+    }
+    for (name, enabled) in [("http", config.http.enabled), ("sync", config.sync.enabled)] {
         if enabled {
             tracing::debug!("the {name} service is not part of this release yet");
         }

@@ -1,0 +1,199 @@
+//! The meta commands `mg`, `ms`, `md`, `ma`, `me` with their common flags
+//! (`mn` is answered in `mod.rs`). Flags ferry keeps no data for (`h`
+//! fetched-before, `l` last access) are left out of replies, which clients
+//! treat as "not known"; recache (`R`) and invalidation (`I`) are accepted
+//! and act as plain reads and deletes.
+
+use bytes::{BufMut, Bytes};
+
+use super::{Ctx, expiry, server_error};
+use crate::protocol::meta::{
+    MetaCmd, MetaDebugInfo, MetaFlags, MetaItem, MetaStatus, meta_debug, meta_line, meta_value,
+};
+use crate::protocol::{StoreCmd, quiet_hides};
+use crate::stats::KvStats;
+use crate::store::{Arith, Item, Mode, Outcome};
+
+fn ttl(item: &Item, now: u64) -> i64 {
+    if item.exptime == 0 { -1 } else { i64::try_from(item.exptime.saturating_sub(now)).unwrap_or(i64::MAX) }
+}
+
+fn reply(cx: &mut Ctx<'_>, cmd: MetaCmd, status: MetaStatus, flags: &MetaFlags, item: &MetaItem<'_>) {
+    if flags.quiet && quiet_hides(cmd, status) {
+        return;
+    }
+    meta_line(cx.out, status, flags, item);
+}
+
+fn miss<'a>(key: &'a [u8], flags: &MetaFlags) -> MetaItem<'a> {
+    MetaItem { key, key_binary: flags.base64_key, ..MetaItem::default() }
+}
+
+fn hit<'a>(key: &'a [u8], flags: &MetaFlags, item: &Item, now: u64) -> MetaItem<'a> {
+    MetaItem {
+        key,
+        key_binary: flags.base64_key,
+        cas: Some(item.cas),
+        size: Some(item.value.len()),
+        ttl: Some(ttl(item, now)),
+        client_flags: Some(item.flags),
+        ..MetaItem::default()
+    }
+}
+
+/// `mg <key> <flags>*`
+pub(super) fn get(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
+    KvStats::add(&cx.stats.cmd_get, 1);
+    let found = match flags.ttl {
+        Some(t) => {
+            cx.wrote = true;
+            match cx.store.get_and_touch(key, expiry(t, cx.now), cx.now) {
+                Ok(item) => item,
+                Err(e) => return server_error(cx.out, &e),
+            }
+        }
+        None => cx.store.get(key, cx.now),
+    };
+    let Some(item) = found else {
+        KvStats::add(&cx.stats.get_misses, 1);
+        if let Some(vivify) = flags.vivify {
+            // Create an empty placeholder; this client "won" the right to fill it.
+            cx.wrote = true;
+            if let Err(e) = cx.store.store(Mode::Add, key, 0, expiry(vivify, cx.now), Bytes::new(), cx.now) {
+                return server_error(cx.out, &e);
+            }
+            let mut m = miss(key, flags);
+            m.won = true;
+            return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &m);
+        }
+        return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
+    };
+    KvStats::add(&cx.stats.get_hits, 1);
+    let m = hit(key, flags, &item, cx.now);
+    if flags.return_value {
+        meta_value(cx.out, flags, &m, &item.value);
+    } else {
+        reply(cx, MetaCmd::Get, MetaStatus::Hd, flags, &m);
+    }
+}
+
+/// `ms <key> <datalen> <flags>*`
+pub(super) fn set(cx: &mut Ctx<'_>, key: &[u8], data: Bytes, flags: &MetaFlags) {
+    KvStats::add(&cx.stats.cmd_set, 1);
+    let cmd = flags.store_cmd();
+    let mode = match cmd {
+        StoreCmd::Set => Mode::Set,
+        StoreCmd::Add => Mode::Add,
+        StoreCmd::Replace => Mode::Replace,
+        StoreCmd::Append => Mode::Append,
+        StoreCmd::Prepend => Mode::Prepend,
+        StoreCmd::Cas => Mode::Cas(flags.compare_cas.unwrap_or(0)),
+    };
+    let exptime = expiry(flags.ttl.unwrap_or(0), cx.now);
+    cx.wrote = true;
+    let (outcome, cas) = match cx.store.store(mode, key, flags.client_flags.unwrap_or(0), exptime, data, cx.now) {
+        Ok(done) => done,
+        Err(e) => return server_error(cx.out, &e),
+    };
+    let status = match outcome {
+        Outcome::Stored => MetaStatus::Hd,
+        Outcome::NotStored => MetaStatus::Ns,
+        Outcome::Exists => MetaStatus::Ex,
+        Outcome::NotFound => MetaStatus::Nf,
+    };
+    let m = MetaItem { key, key_binary: flags.base64_key, cas: Some(cas), ..MetaItem::default() };
+    reply(cx, MetaCmd::Set, status, flags, &m);
+}
+
+/// `md <key> <flags>*`
+pub(super) fn delete(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
+    let m = miss(key, flags);
+    if let Some(expected) = flags.compare_cas {
+        match cx.store.get(key, cx.now) {
+            None => return reply(cx, MetaCmd::Delete, MetaStatus::Nf, flags, &m),
+            Some(item) if item.cas != expected => return reply(cx, MetaCmd::Delete, MetaStatus::Ex, flags, &m),
+            Some(_) => {}
+        }
+    }
+    cx.wrote = true;
+    match cx.store.delete(key, cx.now) {
+        Ok(true) => {
+            KvStats::add(&cx.stats.delete_hits, 1);
+            reply(cx, MetaCmd::Delete, MetaStatus::Hd, flags, &m);
+        }
+        Ok(false) => {
+            KvStats::add(&cx.stats.delete_misses, 1);
+            reply(cx, MetaCmd::Delete, MetaStatus::Nf, flags, &m);
+        }
+        Err(e) => server_error(cx.out, &e),
+    }
+}
+
+/// `ma <key> <flags>*`
+pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
+    let incr = flags.incr();
+    let delta = flags.delta.unwrap_or(1);
+    if let Some(expected) = flags.compare_cas {
+        match cx.store.get(key, cx.now) {
+            Some(item) if item.cas != expected => {
+                return reply(cx, MetaCmd::Arith, MetaStatus::Ex, flags, &miss(key, flags));
+            }
+            _ => {}
+        }
+    }
+    let autoviv = flags.vivify.map(|t| (flags.initial.unwrap_or(0), expiry(t, cx.now)));
+    cx.wrote = true;
+    let (result, cas) = match cx.store.arith(key, incr, delta, cx.now, autoviv) {
+        Ok(done) => done,
+        Err(e) => return server_error(cx.out, &e),
+    };
+    match result {
+        Arith::Value(v) => {
+            let counter = if incr { &cx.stats.incr_hits } else { &cx.stats.decr_hits };
+            KvStats::add(counter, 1);
+            if let Some(t) = flags.ttl {
+                let _ = cx.store.touch(key, expiry(t, cx.now), cx.now);
+            }
+            let item = cx.store.get(key, cx.now);
+            let m = MetaItem {
+                key,
+                key_binary: flags.base64_key,
+                cas: Some(cas),
+                ttl: item.as_ref().map(|i| ttl(i, cx.now)),
+                ..MetaItem::default()
+            };
+            if flags.return_value {
+                if !flags.quiet {
+                    meta_value(cx.out, flags, &m, v.to_string().as_bytes());
+                }
+            } else {
+                reply(cx, MetaCmd::Arith, MetaStatus::Hd, flags, &m);
+            }
+        }
+        Arith::NotFound => {
+            let counter = if incr { &cx.stats.incr_misses } else { &cx.stats.decr_misses };
+            KvStats::add(counter, 1);
+            reply(cx, MetaCmd::Arith, MetaStatus::Nf, flags, &miss(key, flags));
+        }
+        Arith::NonNumeric => cx.out.put_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),
+    }
+}
+
+/// `me <key>`: a debug line about the item, or `EN`.
+pub(super) fn debug(cx: &mut Ctx<'_>, key: &[u8]) {
+    match cx.store.get(key, cx.now) {
+        Some(item) => {
+            let exp = if item.exptime == 0 { -1 } else { cx.now as i64 - item.exptime as i64 };
+            let info = MetaDebugInfo {
+                exp,
+                last_access: 0,
+                cas: item.cas,
+                fetched: false,
+                class: 1,
+                size: (key.len() + item.value.len() + 56) as u64,
+            };
+            meta_debug(cx.out, key, false, &info);
+        }
+        None => cx.out.put_slice(b"EN\r\n"),
+    }
+}

@@ -1,0 +1,89 @@
+//! A client request, fully parsed and checked: whatever memcached would refuse before touching the cache
+//! never becomes a [`Request`] (it is a [`Parse::Error`](super::Parse::Error) with memcached's reply).
+//!
+//! Numbers carry the value memcached would use, quirks included (see the `number` module): `flags` and
+//! `exptime` are already truncated to 32 bits. Times are still as the client sent them; turn them into
+//! deadlines with [`exptime::absolute`](super::exptime::absolute).
+
+use bytes::Bytes;
+
+use super::meta::MetaFlags;
+
+/// Which classic storage command stored the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCmd {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key is absent (`NOT_STORED` otherwise).
+    Add,
+    /// Store only if the key is present (`NOT_STORED` otherwise).
+    Replace,
+    /// Append the data to the existing value, keeping its flags and exptime (`NOT_STORED` if absent).
+    Append,
+    /// Prepend the data to the existing value (`NOT_STORED` if absent).
+    Prepend,
+    /// Store only if the item's cas unique is `cas_unique` (`EXISTS` if not, `NOT_FOUND` if absent).
+    Cas,
+}
+
+/// One request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `get`/`bget` (`with_cas: false`) or `gets`: a `VALUE` line per hit, then `END`. Never empty.
+    Get { keys: Vec<Bytes>, with_cas: bool },
+    /// `gat`/`gats`: touch then get. `keys` may be empty (`gat 10` answers a bare `END`).
+    Gat { exptime: i64, keys: Vec<Bytes>, with_cas: bool },
+    /// `set`/`add`/`replace`/`append`/`prepend`/`cas`. `cas_unique` is 0 except for `cas`.
+    Store { cmd: StoreCmd, key: Bytes, flags: u32, exptime: i64, data: Bytes, cas_unique: u64, noreply: bool },
+    /// `delete <key> [0] [noreply]`.
+    Delete { key: Bytes, noreply: bool },
+    /// `incr`/`decr`: the new value as a decimal line, `NOT_FOUND`, or `CLIENT_ERROR cannot increment or
+    /// decrement non-numeric value`.
+    Arith { incr: bool, key: Bytes, delta: u64, noreply: bool },
+    /// `touch <key> <exptime> [noreply]`: `TOUCHED` or `NOT_FOUND`.
+    Touch { key: Bytes, exptime: i64, noreply: bool },
+    /// `flush_all [delay] [noreply]`: `OK`. A delay `<= 0` flushes now, otherwise it is an exptime.
+    FlushAll { delay: i64, noreply: bool },
+    /// `stats [args...]`; `args` are the tokens after `stats` (lossy UTF-8).
+    Stats { args: Vec<String> },
+    /// `version`: `VERSION <v>`.
+    Version,
+    /// `verbosity <level> [noreply]`: `OK`.
+    Verbosity { level: u32, noreply: bool },
+    /// `quit`: close without a reply.
+    Quit,
+    /// `mg <key> <flags>*`.
+    MetaGet { key: Bytes, flags: MetaFlags },
+    /// `ms <key> <datalen> <flags>*` and its data block.
+    MetaSet { key: Bytes, datalen: usize, data: Bytes, flags: MetaFlags },
+    /// `md <key> <flags>*`.
+    MetaDelete { key: Bytes, flags: MetaFlags },
+    /// `ma <key> <flags>*`.
+    MetaArith { key: Bytes, flags: MetaFlags },
+    /// `mn`: `MN`, and flush everything queued so far.
+    MetaNoop,
+    /// `me <key> [b]`: `ME <key> <debug fields>` or `EN`.
+    MetaDebug { key: Bytes },
+}
+
+impl Request {
+    /// Whether memcached writes out every queued reply after this request (get family, `mn`, `quit`);
+    /// see the `parse` module's "When memcached writes".
+    pub fn flushes(&self) -> bool {
+        matches!(self, Request::Get { .. } | Request::Gat { .. } | Request::MetaNoop | Request::Quit)
+    }
+
+    /// Whether every reply to this request is suppressed on success (`noreply`). Meta `q` is finer grained:
+    /// see [`quiet_hides`](super::meta::quiet_hides).
+    pub fn noreply(&self) -> bool {
+        match self {
+            Request::Store { noreply, .. }
+            | Request::Delete { noreply, .. }
+            | Request::Arith { noreply, .. }
+            | Request::Touch { noreply, .. }
+            | Request::FlushAll { noreply, .. }
+            | Request::Verbosity { noreply, .. } => *noreply,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! One kv connection: parse every complete request in the read buffer
+//! (pipelining), execute them in order, and reply.
+//!
+//! In `fsync` mode the replies of a batch go out only after one group
+//! commit covers its writes, so a pipeline of 100 sets costs one fdatasync.
+//! The safe point for a live upgrade is between requests: unparsed
+//! pipelined bytes stay in the read buffer and unwritten replies in the
+//! output queue, and both travel with the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use ferry_core::{Conn, Parked, SessionCtx, SessionEnd};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::commands::{Ctx, Next, execute};
+use crate::protocol::{Parse, parse};
+use crate::service::KvService;
+use crate::stats::KvStats;
+
+/// Version of [`KvState`]'s layout.
+pub const STATE_FORMAT: u32 = 1;
+
+/// A parked kv connection. Everything else (unparsed requests, unwritten
+/// replies) is in the connection's buffers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvState {
+    pub format: u32,
+    /// Bytes of a refused storage command's data block still to skip.
+    #[serde(default)]
+    pub swallow: usize,
+}
+
+/// Replies queued past this wait for the client to read before more
+/// requests are executed (a client pipelining without reading must not
+/// grow our memory without bound).
+const MAX_PENDING_OUT: usize = 4 << 20;
+
+pub(crate) async fn run(
+    svc: Arc<KvService>,
+    mut conn: Conn,
+    resume: Option<KvState>,
+    mut ctx: SessionCtx,
+) -> SessionEnd<KvState> {
+    KvStats::add(&svc.stats.curr_connections, 1);
+    KvStats::add(&svc.stats.total_connections, 1);
+    let end = serve(&svc, &mut conn, resume, &mut ctx).await;
+    svc.stats.curr_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    match end {
+        Some(state) => SessionEnd::Paused(Parked { conn: conn.into_parts(), state }),
+        None => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.shutdown()).await;
+            SessionEnd::Closed
+        }
+    }
+}
+
+/// Returns the state to park with, or `None` when the connection ends.
+async fn serve(
+    svc: &Arc<KvService>,
+    conn: &mut Conn,
+    resume: Option<KvState>,
+    ctx: &mut SessionCtx,
+) -> Option<KvState> {
+    let limits = svc.limits;
+    let idle = (svc.config.idle_timeout_secs > 0).then(|| Duration::from_secs(svc.config.idle_timeout_secs));
+    let mut swallow = resume.map(|s| s.swallow).unwrap_or(0);
+    let mut deadline = idle.map(|d| Instant::now() + d);
+    loop {
+        // Execute every complete request buffered.
+        let mut out = BytesMut::new();
+        let mut wrote = false;
+        let mut close = false;
+        loop {
+            if swallow > 0 {
+                let n = swallow.min(conn.read_buf().len());
+                conn.read_buf().advance(n);
+                swallow -= n;
+                if swallow > 0 {
+                    break;
+                }
+            }
+            if conn.pending_out() + out.len() > MAX_PENDING_OUT {
+                break;
+            }
+            match parse(conn.read_buf(), &limits) {
+                Parse::Incomplete => break,
+                Parse::Request { req, consumed } => {
+                    KvStats::add(&svc.stats.bytes_read, consumed as u64);
+                    conn.read_buf().advance(consumed);
+                    let flushes = req.flushes();
+                    let mut cx = Ctx {
+                        store: &svc.store,
+                        stats: &svc.stats,
+                        now: now(),
+                        out: &mut out,
+                        server: &svc.info,
+                        wrote: false,
+                    };
+                    let next = execute(req, &mut cx);
+                    wrote |= cx.wrote;
+                    if next == Next::Close {
+                        close = true;
+                        break;
+                    }
+                    if flushes {
+                        // memcached writes after each get and `mn`: keep
+                        // the same points so pipelines see the same bytes.
+                        break;
+                    }
+                }
+                Parse::Error { reply, consumed, swallow: skip, close: shut, drop_unsent } => {
+                    conn.read_buf().advance(consumed);
+                    swallow = skip;
+                    if drop_unsent {
+                        out.clear();
+                    }
+                    out.extend_from_slice(reply);
+                    if shut {
+                        close = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if wrote {
+            let seq = svc.store.appended_seq();
+            if let Err(e) = svc.store.wait_durable(seq).await {
+                tracing::error!("kv group commit failed: {e}");
+                crate::commands::server_error(&mut out, &e);
+            }
+        }
+        if !out.is_empty() {
+            KvStats::add(&svc.stats.bytes_written, out.len() as u64);
+            conn.queue(out.freeze());
+        }
+        if close {
+            return None;
+        }
+        // Safe point: between requests.
+        if ctx.pause.requested().is_some() {
+            return Some(KvState { format: STATE_FORMAT, swallow });
+        }
+        let complete_waiting = swallow == 0 && !matches!(parse(conn.read_buf(), &limits), Parse::Incomplete);
+        let want_read = !complete_waiting && conn.pending_out() < MAX_PENDING_OUT;
+        if complete_waiting && conn.pending_out() < MAX_PENDING_OUT {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = ctx.pause.wait() => {}
+            event = conn.pump(want_read), if want_read || conn.has_output() => match event {
+                Ok(event) if event.peer_closed() => return None,
+                Ok(event) => {
+                    if event.got_input() {
+                        deadline = idle.map(|d| Instant::now() + d);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("kv connection failed: {e}");
+                    return None;
+                }
+            },
+            _ = sleep_until(deadline) => return None,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,853 @@
+//! The disk side of the store: replay, appends, group commit, compaction, handover.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::watch;
+
+use super::log::{self, Listing, MAGIC, MAGIC_LEN, Meta, Next, Op, Reader, Record};
+use super::{Durability, Entry, Inner, Store, StoreConfig, StoreError, TOUCHED, lock, unix_now};
+
+/// Durability progress published by the group-commit thread.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Durable {
+    pub seq: u64,
+    pub failed: bool,
+}
+
+#[derive(Default)]
+struct Bg {
+    stop: bool,
+    commit_pending: bool,
+    compact_pending: bool,
+}
+
+/// The appending side of the log, and this process's position in it.
+pub(crate) struct Writer {
+    /// The exclusive `flock` on `DIR/LOCK`: held by the one process allowed to append.
+    lock: Option<Flock<File>>,
+    /// The active segment; `Some` exactly when this store may append.
+    file: Option<Arc<File>>,
+    /// Current snapshot (generation), 0 without one.
+    snap: u64,
+    /// Last segment read or appended to (0 = none yet), and the end of its valid records.
+    seg: u64,
+    off: u64,
+    next_id: u64,
+    /// Records appended by this process.
+    seq: u64,
+    /// Bytes in the live files (snapshot and the segments after it).
+    bytes: u64,
+    /// A failed append left bytes after `off` that could not be truncated yet.
+    dirty: bool,
+    #[cfg(test)]
+    pub fail_writes: u32,
+}
+
+pub(crate) struct LogCtl {
+    dir: PathBuf,
+    fsync: bool,
+    pub(crate) w: Mutex<Writer>,
+    /// Mirrors of `w.seq` and `w.bytes`, readable without the writer lock.
+    appended: AtomicU64,
+    log_bytes: AtomicU64,
+    /// Serialises handover and take-over.
+    transition: Mutex<()>,
+    /// Held while a compaction runs.
+    compacting: Mutex<()>,
+    /// Stop background threads / abort a compaction.
+    stop: AtomicBool,
+    bg: Mutex<Bg>,
+    commit_cv: Condvar,
+    compact_cv: Condvar,
+    durable: Mutex<Durable>,
+    durable_cv: Condvar,
+    durable_tx: watch::Sender<Durable>,
+    /// The delayed-flush deadline whose dead items were swept already.
+    swept_flush: AtomicU64,
+    /// The compaction thread was woken because the thresholds were crossed.
+    compact_kicked: AtomicBool,
+}
+
+fn not_writable() -> io::Error {
+    io::Error::other("kv store is not writable: another process owns the log (live upgrade in progress)")
+}
+
+fn corrupt(path: &Path, off: u64, why: &str) -> StoreError {
+    StoreError::Corrupt(format!("{}: {why} at offset {off}", path.display()))
+}
+
+impl LogCtl {
+    pub(crate) fn new(cfg: &StoreConfig) -> Result<LogCtl, StoreError> {
+        fs::create_dir_all(&cfg.dir)?;
+        Ok(LogCtl {
+            dir: cfg.dir.clone(),
+            fsync: cfg.durability == Durability::Fsync,
+            w: Mutex::new(Writer {
+                lock: None,
+                file: None,
+                snap: 0,
+                seg: 0,
+                off: 0,
+                next_id: 1,
+                seq: 0,
+                bytes: 0,
+                dirty: false,
+                #[cfg(test)]
+                fail_writes: 0,
+            }),
+            appended: AtomicU64::new(0),
+            log_bytes: AtomicU64::new(0),
+            transition: Mutex::new(()),
+            compacting: Mutex::new(()),
+            stop: AtomicBool::new(false),
+            bg: Mutex::new(Bg::default()),
+            commit_cv: Condvar::new(),
+            compact_cv: Condvar::new(),
+            durable: Mutex::new(Durable::default()),
+            durable_cv: Condvar::new(),
+            durable_tx: watch::Sender::new(Durable::default()),
+            swept_flush: AtomicU64::new(0),
+            compact_kicked: AtomicBool::new(false),
+        })
+    }
+
+    /// Tries to become the (only) appending process. `Ok(false)`: another process holds the lock.
+    fn acquire_lock(&self) -> Result<bool, StoreError> {
+        let mut w = lock(&self.w);
+        if w.lock.is_some() {
+            return Ok(true);
+        }
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(self.dir.join("LOCK"))?;
+        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => {
+                w.lock = Some(l);
+                Ok(true)
+            }
+            Err((_, Errno::EWOULDBLOCK)) => Ok(false),
+            Err((_, e)) => Err(StoreError::Io(e.into())),
+        }
+    }
+
+    /// Deletes leftovers: unfinished snapshots and files older than the current snapshot (writer only).
+    fn cleanup(&self) -> Result<(), StoreError> {
+        let l = Listing::read(&self.dir)?;
+        let snap = l.snap();
+        for t in &l.tmps {
+            let _ = fs::remove_file(t);
+        }
+        for &id in l.logs.iter().filter(|&&id| id < snap) {
+            let _ = fs::remove_file(log::log_path(&self.dir, id));
+        }
+        for &id in l.snaps.iter().filter(|&&id| id < snap) {
+            let _ = fs::remove_file(log::snap_path(&self.dir, id));
+        }
+        Ok(())
+    }
+
+    fn append(&self, rec: &[u8]) -> Result<(), StoreError> {
+        let mut w = lock(&self.w);
+        if self.fsync && lock(&self.durable).failed {
+            return Err(StoreError::Io(io::Error::other("kv log fdatasync failed earlier; refusing writes")));
+        }
+        w.append(rec)?;
+        self.appended.store(w.seq, Relaxed);
+        self.log_bytes.store(w.bytes, Relaxed);
+        drop(w);
+        if self.fsync {
+            let mut bg = lock(&self.bg);
+            if !bg.commit_pending {
+                bg.commit_pending = true;
+                self.commit_cv.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, d: Durable) {
+        *lock(&self.durable) = d;
+        self.durable_cv.notify_all();
+        self.durable_tx.send_replace(d);
+    }
+
+    fn durable(&self) -> Durable {
+        *lock(&self.durable)
+    }
+
+    fn durable_seq(&self) -> u64 {
+        if self.fsync { self.durable().seq } else { self.appended.load(Relaxed) }
+    }
+}
+
+impl Writer {
+    fn append(&mut self, rec: &[u8]) -> io::Result<()> {
+        let Some(file) = &self.file else { return Err(not_writable()) };
+        if self.dirty {
+            file.set_len(self.off)?;
+            self.dirty = false;
+        }
+        #[cfg(test)]
+        let res = if self.fail_writes > 0 {
+            self.fail_writes -= 1;
+            file.write_all_at(&rec[..rec.len() / 2], self.off)
+                .and_then(|()| Err(io::Error::from_raw_os_error(libc::ENOSPC)))
+        } else {
+            file.write_all_at(rec, self.off)
+        };
+        #[cfg(not(test))]
+        let res = file.write_all_at(rec, self.off);
+        if let Err(e) = res {
+            // Whatever part of the record reached the file must not count: cut it off again.
+            if file.set_len(self.off).is_err() {
+                self.dirty = true;
+            }
+            return Err(e);
+        }
+        self.off += rec.len() as u64;
+        self.bytes += rec.len() as u64;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+/// Replay bookkeeping.
+struct Replay {
+    now: u64,
+    records: u64,
+    max_cas: u64,
+}
+
+type OpenFiles = Vec<(u64, bool, File)>;
+
+/// Opens the snapshot and the segments after it (`(id, is_snapshot, file)` in replay order), retrying
+/// when a concurrent compaction removes a file between listing and opening.
+fn open_live_files(dir: &Path) -> Result<(Listing, OpenFiles), StoreError> {
+    'retry: for _ in 0..20 {
+        let l = Listing::read(dir)?;
+        let snap = l.snap();
+        let mut files = Vec::new();
+        let paths = (snap != 0).then_some((snap, true)).into_iter().chain(l.live_logs().map(|id| (id, false)));
+        for (id, is_snap) in paths {
+            let p = if is_snap { log::snap_path(dir, id) } else { log::log_path(dir, id) };
+            match File::open(&p) {
+                Ok(f) => files.push((id, is_snap, f)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue 'retry,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        return Ok((l, files));
+    }
+    Err(StoreError::Corrupt(format!("{}: log files keep disappearing", dir.display())))
+}
+
+impl Inner {
+    fn log(&self) -> &LogCtl {
+        // Only called in persistent modes.
+        self.log.as_ref().unwrap_or_else(|| unreachable!("log in memory mode"))
+    }
+
+    /// Appends one record (persistent modes).
+    pub(super) fn append(&self, meta: Meta, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let log = self.log();
+        log.append(&log::encode(meta, key, value))?;
+        if self.should_compact() && !log.compact_kicked.swap(true, Relaxed) {
+            lock(&log.bg).compact_pending = true;
+            log.compact_cv.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Empties the index (not the cas counter).
+    fn reset_index(&self) {
+        for s in self.shards.iter() {
+            let dropped = self.clear_shard(&mut lock(s));
+            drop(dropped);
+        }
+        self.flush_at.store(0, Relaxed);
+    }
+
+    fn apply(&self, rec: Record, seg_ctx: &mut Replay) {
+        let m = rec.meta;
+        seg_ctx.records += 1;
+        seg_ctx.max_cas = seg_ctx.max_cas.max(m.cas);
+        match m.op {
+            Op::Set => {
+                let key = rec.key();
+                let mut guard = lock(&self.shards[super::shard_of(key)]);
+                let shard = &mut *guard;
+                if let Some(old) = shard.set.take(key) {
+                    self.unlink(shard, &old);
+                }
+                let key_len = rec.key_len;
+                let e = Entry::from_data(rec.data.into(), key_len, m.flags, m.exptime, m.cas, m.time);
+                if self.is_live(&e, seg_ctx.now) {
+                    let c = self.charge_of(&e);
+                    self.mem_used.fetch_add(c, Relaxed);
+                    self.install(shard, e, c);
+                }
+            }
+            Op::Delete => {
+                let key = rec.key();
+                let mut shard = lock(&self.shards[super::shard_of(key)]);
+                if let Some(old) = shard.set.take(key) {
+                    self.unlink(&mut shard, &old);
+                }
+            }
+            Op::Touch => {
+                let key = rec.key();
+                let mut shard = lock(&self.shards[super::shard_of(key)]);
+                if let Some(e) = shard.set.get(key) {
+                    e.exptime.set(m.exptime);
+                    if !e.has(TOUCHED) {
+                        e.set_bit(TOUCHED, true);
+                        let l = log::record_len(key.len(), 0);
+                        shard.live += l;
+                        self.live_log.fetch_add(l, Relaxed);
+                    }
+                }
+            }
+            Op::FlushAll if m.exptime <= m.time => self.reset_index(),
+            Op::FlushAll => self.flush_at.store(m.exptime, Relaxed),
+            Op::CasHighWater => {}
+        }
+    }
+
+    /// Replays one file from `start`; returns the end of its valid records. A bad record is a torn tail
+    /// when `tail` (the last segment), corruption otherwise.
+    fn replay_file(
+        &self,
+        path: &Path,
+        file: &File,
+        start: u64,
+        tail: bool,
+        ctx: &mut Replay,
+    ) -> Result<u64, StoreError> {
+        let mut r = match Reader::new(file, start) {
+            Ok(Some(r)) => r,
+            Ok(None) if tail => return Ok(0),
+            Ok(None) => return Err(corrupt(path, 0, "file shorter than its header")),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(corrupt(path, 0, &e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            match r.next()? {
+                Next::End => return Ok(r.off),
+                Next::Bad(why) if tail => {
+                    tracing::debug!(path = %path.display(), offset = r.off, why, "kv log: end of valid records");
+                    return Ok(r.off);
+                }
+                Next::Bad(why) => return Err(corrupt(path, r.off, why)),
+                Next::Record(rec) => self.apply(rec, ctx),
+            }
+        }
+    }
+
+    /// Rebuilds the index from the whole log. Returns the number of records replayed.
+    fn replay_full(&self) -> Result<u64, StoreError> {
+        let log = self.log();
+        let (listing, files) = open_live_files(&log.dir)?;
+        self.reset_index();
+        let mut ctx = Replay { now: unix_now(), records: 0, max_cas: 0 };
+        let (mut seg, mut off, mut bytes) = (0, 0, 0);
+        for (i, (id, is_snap, f)) in files.iter().enumerate() {
+            let path = if *is_snap { log::snap_path(&log.dir, *id) } else { log::log_path(&log.dir, *id) };
+            let tail = !is_snap && i + 1 == files.len();
+            let end = self.replay_file(&path, f, 0, tail, &mut ctx)?;
+            bytes += if tail { end } else { f.metadata()?.len() };
+            if !is_snap {
+                (seg, off) = (*id, end);
+            }
+        }
+        self.cas.fetch_max(ctx.max_cas, Relaxed);
+        let mut w = lock(&log.w);
+        (w.snap, w.seg, w.off, w.bytes) = (listing.snap(), seg, off, bytes);
+        w.next_id = w.next_id.max(listing.max_id + 1);
+        log.log_bytes.store(bytes, Relaxed);
+        Ok(ctx.records)
+    }
+
+    /// Replays what was appended after this process's position; falls back to a full replay when the log
+    /// was compacted meanwhile (new generation) or the position is gone.
+    fn replay_tail(&self) -> Result<u64, StoreError> {
+        let log = self.log();
+        let (snap, seg, off) = {
+            let w = lock(&log.w);
+            (w.snap, w.seg, w.off)
+        };
+        let listing = Listing::read(&log.dir)?;
+        if listing.snap() != snap {
+            tracing::info!("kv log was compacted since it was read: replaying it all");
+            return self.replay_full();
+        }
+        let ids: Vec<u64> = listing.live_logs().filter(|&id| id >= seg).collect();
+        if seg != 0 && ids.first() != Some(&seg) {
+            return self.replay_full();
+        }
+        let mut files = Vec::new();
+        for &id in &ids {
+            match File::open(log::log_path(&log.dir, id)) {
+                Ok(f) => files.push((id, f)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return self.replay_full(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some((_, f)) = files.first().filter(|_| seg != 0) {
+            if f.metadata()?.len() < off {
+                return self.replay_full();
+            }
+        }
+        let mut ctx = Replay { now: unix_now(), records: 0, max_cas: 0 };
+        let (mut new_seg, mut new_off, mut added) = (seg, off, 0);
+        for (i, (id, f)) in files.iter().enumerate() {
+            let start = if *id == seg { off } else { 0 };
+            let end = self.replay_file(&log::log_path(&log.dir, *id), f, start, i + 1 == files.len(), &mut ctx)?;
+            added += end - start;
+            (new_seg, new_off) = (*id, end);
+        }
+        self.cas.fetch_max(ctx.max_cas, Relaxed);
+        let mut w = lock(&log.w);
+        (w.seg, w.off) = (new_seg, new_off);
+        w.bytes += added;
+        w.next_id = w.next_id.max(listing.max_id + 1);
+        log.log_bytes.store(w.bytes, Relaxed);
+        Ok(ctx.records)
+    }
+
+    /// After a replay, with the lock held: cut the torn tail off the last segment (or create one) and open
+    /// it for appending.
+    fn become_writer(&self) -> Result<(), StoreError> {
+        let log = self.log();
+        let mut w = lock(&log.w);
+        let listing = Listing::read(&log.dir)?;
+        w.next_id = w.next_id.max(listing.max_id + 1);
+        let last = listing.live_logs().last();
+        let file = if let Some(id) = last.filter(|&id| id == w.seg) {
+            let path = log::log_path(&log.dir, id);
+            let f = OpenOptions::new().read(true).write(true).open(&path)?;
+            let len = f.metadata()?.len();
+            if w.off < MAGIC_LEN {
+                log::init_segment(&f)?;
+                w.bytes = w.bytes - w.off + MAGIC_LEN;
+                w.off = MAGIC_LEN;
+            } else if len > w.off {
+                tracing::warn!(path = %path.display(), offset = w.off, bytes = len - w.off, "kv log: truncating torn tail");
+                f.set_len(w.off)?;
+                f.sync_data()?;
+            }
+            f
+        } else if last.is_some() {
+            return Err(StoreError::Corrupt(format!("{}: segment list changed under the writer", log.dir.display())));
+        } else {
+            let id = w.next_id;
+            let f = log::create_segment(&log.dir, id)?;
+            (w.seg, w.off, w.next_id) = (id, MAGIC_LEN, id + 1);
+            w.bytes += MAGIC_LEN;
+            f
+        };
+        w.file = Some(Arc::new(file));
+        w.dirty = false;
+        log.log_bytes.store(w.bytes, Relaxed);
+        log.appended.store(w.seq, Relaxed);
+        log.publish(Durable { seq: w.seq, failed: false });
+        Ok(())
+    }
+
+    fn should_compact(&self) -> bool {
+        let total = self.log().log_bytes.load(Relaxed);
+        let live = self.live_log.load(Relaxed);
+        total >= self.cfg.compact_min_bytes
+            && total.saturating_sub(live) as f64 > self.cfg.compact_garbage_ratio * total as f64
+    }
+
+    /// Rewrites the live items into a snapshot that replaces every older file. Appends go on meanwhile
+    /// (into a fresh segment); each shard is locked only to copy out references to its items.
+    fn compact(&self) -> Result<bool, StoreError> {
+        let log = self.log();
+        let _running = lock(&log.compacting);
+        if log.stop.load(Relaxed) {
+            return Ok(false);
+        }
+        let now = unix_now();
+        // 1. Roll: the snapshot gets id N and covers every older file, appends continue in N+1. Every
+        //    record in the older files carries a cas <= `cas_high` (cas values are taken before appending).
+        let (snap_id, seg_id, cas_high, flush_at) = {
+            let mut w = lock(&log.w);
+            let Some(old) = w.file.clone() else { return Ok(false) };
+            let (snap_id, seg_id) = (w.next_id, w.next_id + 1);
+            old.set_len(w.off)?;
+            old.sync_data()?;
+            let f = log::create_segment(&log.dir, seg_id)?;
+            w.next_id = seg_id + 1;
+            (w.file, w.seg, w.off, w.dirty) = (Some(Arc::new(f)), seg_id, MAGIC_LEN, false);
+            w.bytes += MAGIC_LEN;
+            log.log_bytes.store(w.bytes, Relaxed);
+            (snap_id, seg_id, self.cas.load(Relaxed), self.flush_at.load(Relaxed))
+        };
+        // 2. Write the snapshot.
+        let tmp = log::snap_tmp_path(&log.dir, snap_id);
+        let size = match self.write_snapshot(&tmp, cas_high, flush_at, now) {
+            Ok(Some(size)) => size,
+            Ok(None) => {
+                let _ = fs::remove_file(&tmp);
+                return Ok(false);
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // 3. Commit: rename, then forget the older files.
+        fs::rename(&tmp, log::snap_path(&log.dir, snap_id))?;
+        log::sync_dir(&log.dir)?;
+        {
+            let mut w = lock(&log.w);
+            w.snap = snap_id;
+            if w.seg == seg_id {
+                w.bytes = size + w.off;
+            }
+            log.log_bytes.store(w.bytes, Relaxed);
+        }
+        log.cleanup()?;
+        self.counters.compactions.fetch_add(1, Relaxed);
+        Ok(true)
+    }
+
+    /// `Ok(None)`: aborted (handover or shutdown).
+    fn write_snapshot(&self, tmp: &Path, cas_high: u64, flush_at: u64, now: u64) -> Result<Option<u64>, StoreError> {
+        let log = self.log();
+        let f = File::create(tmp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, &f);
+        let mut size = MAGIC_LEN;
+        let mut buf = Vec::new();
+        out.write_all(MAGIC)?;
+        let mut header = vec![Meta { op: Op::CasHighWater, flags: 0, exptime: 0, cas: cas_high, time: now }];
+        if flush_at != 0 {
+            header.push(Meta { op: Op::FlushAll, flags: 0, exptime: flush_at, cas: cas_high, time: 0 });
+        }
+        for meta in header {
+            log::encode_into(&mut buf, meta, &[], &[]);
+            out.write_all(&buf)?;
+            size += buf.len() as u64;
+        }
+        let mut batch = Vec::new();
+        for shard in self.shards.iter() {
+            if log.stop.load(Relaxed) {
+                return Ok(None);
+            }
+            {
+                let mut guard = lock(shard);
+                let shard = &mut *guard;
+                self.sweep(shard, now);
+                let mut untouched = 0;
+                for e in shard.set.iter().filter(|e| e.cas <= cas_high) {
+                    batch.push((Arc::clone(&e.data), e.key_len as usize, e.flags, e.exptime.get(), e.cas, e.time));
+                    if e.has(TOUCHED) {
+                        // Its Touch record is folded into the snapshot's Set.
+                        e.set_bit(TOUCHED, false);
+                        untouched += log::record_len(e.key_len as usize, 0);
+                    }
+                }
+                shard.live -= untouched;
+                self.live_log.fetch_sub(untouched, Relaxed);
+            }
+            for (data, key_len, flags, exptime, cas, time) in batch.drain(..) {
+                let meta = Meta { op: Op::Set, flags, exptime, cas, time: u64::from(time) };
+                log::encode_into(&mut buf, meta, &data[..key_len], &data[key_len..]);
+                out.write_all(&buf)?;
+                size += buf.len() as u64;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        f.sync_data()?;
+        Ok(Some(size))
+    }
+
+    /// Once a delayed flush_all's deadline has passed, drop the items it invalidated (background thread).
+    fn sweep_flushed(&self, now: u64) {
+        let at = self.flush_at.load(Relaxed);
+        let log = self.log();
+        if at == 0 || at > now || log.swept_flush.load(Relaxed) == at {
+            return;
+        }
+        for s in self.shards.iter() {
+            self.sweep(&mut lock(s), now);
+        }
+        log.swept_flush.store(at, Relaxed);
+    }
+}
+
+fn commit_loop(inner: Arc<Inner>) {
+    let log = inner.log();
+    let interval = inner.cfg.group_commit_interval;
+    let mut last_start: Option<Instant> = None;
+    loop {
+        {
+            let mut bg = lock(&log.bg);
+            while !bg.commit_pending && !bg.stop {
+                bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if bg.stop {
+                return; // the stopper makes the final sync
+            }
+            bg.commit_pending = false;
+        }
+        if let Some(t) = last_start {
+            let since = t.elapsed();
+            if since < interval {
+                std::thread::sleep(interval - since);
+            }
+        }
+        last_start = Some(Instant::now());
+        let (seq, file) = {
+            let w = lock(&log.w);
+            (w.seq, w.file.clone())
+        };
+        let Some(file) = file else { continue };
+        if seq <= log.durable().seq {
+            continue;
+        }
+        match file.sync_data() {
+            Ok(()) => log.publish(Durable { seq, failed: false }),
+            Err(e) => {
+                tracing::error!(error = %e, "kv log: fdatasync failed; refusing further writes");
+                let d = log.durable();
+                log.publish(Durable { seq: d.seq, failed: true });
+            }
+        }
+    }
+}
+
+fn compact_loop(inner: Arc<Inner>) {
+    let log = inner.log();
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        {
+            let mut bg = lock(&log.bg);
+            if !bg.stop && !bg.compact_pending {
+                bg = log
+                    .compact_cv
+                    .wait_timeout(bg, Duration::from_millis(50))
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+            if bg.stop {
+                return;
+            }
+            bg.compact_pending = false;
+        }
+        // Appends crossing the thresholds from now on wake this thread again.
+        log.compact_kicked.store(false, Relaxed);
+        inner.sweep_flushed(unix_now());
+        if retry_at.is_some_and(|t| Instant::now() < t) || !inner.should_compact() {
+            continue;
+        }
+        match inner.compact() {
+            Ok(_) => retry_at = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "kv log: compaction failed; retrying in 10 s");
+                retry_at = Some(Instant::now() + Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Opening: take the lock if free (else follow read-only), replay, become the writer.
+    pub(super) fn open_log(&self) -> Result<(), StoreError> {
+        let Some(log) = &self.inner.log else { return Ok(()) };
+        let writer = log.acquire_lock()?;
+        if writer {
+            log.cleanup()?;
+        }
+        let n = self.inner.replay_full()?;
+        tracing::debug!(records = n, writer, "kv log replayed");
+        if writer {
+            self.inner.become_writer()?;
+            self.start_threads();
+        }
+        Ok(())
+    }
+
+    fn start_threads(&self) {
+        let Some(log) = &self.inner.log else { return };
+        let mut threads = lock(&self.threads);
+        if !threads.is_empty() {
+            return;
+        }
+        log.stop.store(false, Relaxed);
+        *lock(&log.bg) = Bg::default();
+        let spawn = |name: &str, f: fn(Arc<Inner>)| {
+            let inner = Arc::clone(&self.inner);
+            std::thread::Builder::new().name(name.into()).spawn(move || f(inner))
+        };
+        let mut handles = vec![spawn("kv-compact", compact_loop)];
+        if log.fsync {
+            handles.push(spawn("kv-commit", commit_loop));
+        }
+        for h in handles {
+            match h {
+                Ok(h) => threads.push(h),
+                Err(e) => tracing::error!(error = %e, "kv: cannot start a background thread"),
+            }
+        }
+    }
+
+    fn stop_threads(&self) {
+        let Some(log) = &self.inner.log else { return };
+        log.stop.store(true, Relaxed);
+        {
+            let mut bg = lock(&log.bg);
+            bg.stop = true;
+            log.commit_cv.notify_all();
+            log.compact_cv.notify_all();
+        }
+        for h in lock(&self.threads).drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// (log_bytes, appended_seq, durable_seq)
+    pub(super) fn log_positions(&self) -> (u64, u64, u64) {
+        match &self.inner.log {
+            Some(log) => (log.log_bytes.load(Relaxed), log.appended.load(Relaxed), log.durable_seq()),
+            None => (0, 0, 0),
+        }
+    }
+
+    /// Sequence number of the last record this process appended.
+    pub fn appended_seq(&self) -> u64 {
+        self.inner.log.as_ref().map_or(0, |l| l.appended.load(Relaxed))
+    }
+
+    /// Resolves once `seq` is on stable storage (fsync mode); immediately in the other modes.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
+        let Some(log) = self.inner.log.as_ref().filter(|l| l.fsync) else { return Ok(()) };
+        let mut rx = log.durable_tx.subscribe();
+        let d = match rx.wait_for(|d| d.seq >= seq || d.failed).await {
+            Ok(d) => *d,
+            Err(_) => return Err(StoreError::Io(io::Error::other("kv store closed"))),
+        };
+        durable_result(d, seq)
+    }
+
+    /// Blocking form of [`Store::wait_durable`] (for threads outside the runtime).
+    pub fn wait_durable_blocking(&self, seq: u64) -> Result<(), StoreError> {
+        let Some(log) = self.inner.log.as_ref().filter(|l| l.fsync) else { return Ok(()) };
+        let mut d = lock(&log.durable);
+        while d.seq < seq && !d.failed {
+            d = log.durable_cv.wait(d).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        durable_result(*d, seq)
+    }
+
+    /// Runs a compaction now, whatever the thresholds (also runs in the background when they are met).
+    /// `Ok(false)`: nothing done (memory mode, not the writer, or a handover is in progress).
+    pub fn compact(&self) -> Result<bool, StoreError> {
+        if self.inner.log.is_none() {
+            return Ok(false);
+        }
+        self.inner.compact()
+    }
+
+    /// Old process, before a live upgrade hands over: stop compaction and the group commit, make every
+    /// appended record durable, stop appending (writes fail from now on) and release the log lock.
+    pub fn prepare_handover(&self) -> Result<(), StoreError> {
+        let Some(log) = &self.inner.log else { return Ok(()) };
+        let _t = lock(&log.transition);
+        self.stop_threads();
+        let _c = lock(&log.compacting);
+        let mut w = lock(&log.w);
+        let Some(file) = w.file.take() else {
+            w.lock = None;
+            return Ok(());
+        };
+        let res = (|| {
+            if w.dirty {
+                file.set_len(w.off)?;
+            }
+            file.sync_data()
+        })();
+        if let Err(e) = res {
+            w.file = Some(file);
+            drop(w);
+            self.start_threads();
+            return Err(e.into());
+        }
+        log.publish(Durable { seq: w.seq, failed: false });
+        w.lock = None;
+        Ok(())
+    }
+
+    /// Old process, when the upgrade failed: take the log back, replay whatever the new process appended,
+    /// and resume appending.
+    pub fn resume_after_rollback(&self) -> Result<(), StoreError> {
+        self.take_over().map(|_| ())
+    }
+
+    /// New process, after the old one's `prepare_handover`: replay what was appended since this store was
+    /// opened (everything, if the log was compacted meanwhile), then become the writer. Returns the number
+    /// of records replayed; `Ok(0)` when this store is the writer already.
+    pub fn catch_up(&self) -> Result<u64, StoreError> {
+        self.take_over()
+    }
+
+    fn take_over(&self) -> Result<u64, StoreError> {
+        let Some(log) = &self.inner.log else { return Ok(0) };
+        let _t = lock(&log.transition);
+        if lock(&log.w).file.is_some() {
+            self.start_threads();
+            return Ok(0);
+        }
+        if !log.acquire_lock()? {
+            return Err(StoreError::Io(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "kv log is still locked by another process (call prepare_handover there first)",
+            )));
+        }
+        let res = log.cleanup().and_then(|()| self.inner.replay_tail()).and_then(|n| {
+            self.inner.become_writer()?;
+            Ok(n)
+        });
+        match res {
+            Ok(n) => {
+                self.start_threads();
+                Ok(n)
+            }
+            Err(e) => {
+                lock(&log.w).lock = None;
+                Err(e)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn fail_next_writes(&self, n: u32) {
+        lock(&self.inner.log().w).fail_writes = n;
+    }
+}
+
+fn durable_result(d: Durable, seq: u64) -> Result<(), StoreError> {
+    if d.seq >= seq { Ok(()) } else { Err(StoreError::Io(io::Error::other("kv log fdatasync failed"))) }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop_threads();
+        if let Some(log) = &self.inner.log {
+            let w = lock(&log.w);
+            if let Some(f) = &w.file {
+                if log.fsync && f.sync_data().is_ok() {
+                    log.publish(Durable { seq: w.seq, failed: false });
+                }
+            }
+        }
+    }
+}
