@@ -238,6 +238,11 @@ impl Raw {
     }
 }
 
+/// Whether any thread of `pid` besides its main one still exists.
+pub fn threads_left(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count() > 1).unwrap_or(false)
+}
+
 /// Whether `pid` names a live process (not gone, not a zombie).
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -277,9 +282,128 @@ impl Server {
             return;
         }
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        // A killed process's threads exit after its main thread shows as a
+        // zombie, and they hold its sockets until then: wait for all of them.
         let start = Instant::now();
-        while alive(pid) && start.elapsed() < Duration::from_secs(5) {
+        while (alive(pid) || threads_left(pid)) && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl Server {
+    /// Starts a server with the kv (memcached protocol) service on a free
+    /// port as well as the transfer service; find it with
+    /// [`Server::kv_addr`]. The plain starters pass `--no-kv`, and so does
+    /// [`Server::restart`]: a server from here is not meant to be restarted.
+    pub fn start_kv(dir: &Path, extra: &[&str]) -> Server {
+        let data = dir.join("data");
+        let _ = std::fs::remove_file(data.join("listen.json"));
+        let log = std::fs::create_dir_all(&data)
+            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
+            .expect("open server log");
+        let child = ferry()
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--transfer-port", "0", "--kv-port", "0", "--no-http", "--no-sync"])
+            .args(extra)
+            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry serve");
+        let listen = data.join("listen.json");
+        let (addr, _) = wait_for("listen.json with kv", DEADLINE, || {
+            let text = std::fs::read_to_string(&listen).ok()?;
+            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some((map["transfer"].as_str()?.to_string(), map["kv"].as_str()?.to_string()))
+        });
+        Server { child, data, addr, extra: extra.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// `127.0.0.1:PORT` of the kv service, from `listen.json`.
+    pub fn kv_addr(&self) -> String {
+        let text = std::fs::read_to_string(self.data.join("listen.json")).expect("read listen.json");
+        let map: serde_json::Value = serde_json::from_str(&text).expect("parse listen.json");
+        map["kv"].as_str().expect("listen.json has no kv address (started without kv?)").to_string()
+    }
+
+    /// The kv service's port.
+    pub fn kv_port(&self) -> String {
+        self.kv_addr().rsplit(':').next().unwrap().to_string()
+    }
+}
+
+/// The path of `tool` on `PATH`, or a failure that says how to get it:
+/// tests that need an outside tool never skip silently. Under CI
+/// (`CI` set) a missing tool means `.ci/run` failed to install it.
+pub fn require_tool(tool: &str, install: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(tool))
+        .find(|path| path.is_file());
+    match found {
+        Some(path) => path,
+        None if std::env::var_os("CI").is_some() => {
+            panic!("`{tool}` is not installed on this CI machine: .ci/run must install it ({install})")
+        }
+        None => panic!("this test needs `{tool}`, which is not on PATH; install it with: {install}"),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound to :0, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real memcached (`memcached` on PATH) on a free port, for differential
+/// tests; killed through its `Child` when dropped.
+pub struct Memcached {
+    pub child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+}
+
+impl Memcached {
+    /// Starts `memcached -l 127.0.0.1 -p <free> -U 0 -m 64` plus `extra`,
+    /// and waits until it accepts connections.
+    pub fn start(extra: &[&str]) -> Memcached {
+        let bin = require_tool("memcached", "apt-get install memcached");
+        for _ in 0..5 {
+            let port = free_port().to_string();
+            let mut cmd = Command::new(&bin);
+            cmd.args(["-l", "127.0.0.1", "-p", &port, "-U", "0", "-m", "64"]).args(extra);
+            // `/proc/self` belongs to the effective user.
+            let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+            if root {
+                // memcached refuses to run as root without a user to become.
+                cmd.args(["-u", "nobody"]);
+            }
+            let mut child =
+                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn memcached");
+            let addr = format!("127.0.0.1:{port}");
+            let start = Instant::now();
+            while start.elapsed() < DEADLINE {
+                if TcpStream::connect(&addr).is_ok() {
+                    return Memcached { child, addr };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // lost the port to someone else: try another
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("memcached did not start");
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

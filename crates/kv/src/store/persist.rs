@@ -222,6 +222,8 @@ struct Replay {
     now: u64,
     records: u64,
     max_cas: u64,
+    /// Keys installed already expired (see `sweep_replayed`).
+    maybe_dead: Vec<Box<[u8]>>,
 }
 
 type OpenFiles = Vec<(u64, bool, File)>;
@@ -286,12 +288,19 @@ impl Inner {
                     self.unlink(shard, &old);
                 }
                 let key_len = rec.key_len;
-                let e = Entry::from_data(rec.data.into(), key_len, m.flags, m.exptime, m.cas, m.time);
-                if self.is_live(&e, seg_ctx.now) {
-                    let c = self.charge_of(&e);
-                    self.mem_used.fetch_add(c, Relaxed);
-                    self.install(shard, e, c);
+                // Installed even if already expired: a later Touch record may
+                // extend it. What is still dead after the replay is swept then.
+                let now = seg_ctx.now;
+                let flush = self.flush_at.load(Relaxed);
+                let expired = m.exptime != 0 && m.exptime <= now;
+                let flushed = flush != 0 && flush <= now && m.time < flush;
+                if expired || flushed {
+                    seg_ctx.maybe_dead.push(Box::from(key));
                 }
+                let e = Entry::from_data(rec.data.into(), key_len, m.flags, m.exptime, m.cas, m.time);
+                let c = self.charge_of(&e);
+                self.mem_used.fetch_add(c, Relaxed);
+                self.install(shard, e, c);
             }
             Op::Delete => {
                 let key = rec.key();
@@ -349,12 +358,27 @@ impl Inner {
         }
     }
 
+    /// Drops the items a replay installed already expired that no later
+    /// record revived (only those: the cost follows the replayed tail, not
+    /// the data size).
+    fn sweep_replayed(&self, ctx: &Replay) {
+        for key in &ctx.maybe_dead {
+            let mut shard = lock(&self.shards[super::shard_of(key)]);
+            let dead = shard.set.get(&key[..]).is_some_and(|e| !self.is_live(e, ctx.now));
+            if dead {
+                if let Some(e) = shard.set.take(&key[..]) {
+                    self.unlink(&mut shard, &e);
+                }
+            }
+        }
+    }
+
     /// Rebuilds the index from the whole log. Returns the number of records replayed.
     fn replay_full(&self) -> Result<u64, StoreError> {
         let log = self.log();
         let (listing, files) = open_live_files(&log.dir)?;
         self.reset_index();
-        let mut ctx = Replay { now: unix_now(), records: 0, max_cas: 0 };
+        let mut ctx = Replay { now: unix_now(), records: 0, max_cas: 0, maybe_dead: Vec::new() };
         let (mut seg, mut off, mut bytes) = (0, 0, 0);
         for (i, (id, is_snap, f)) in files.iter().enumerate() {
             let path = if *is_snap { log::snap_path(&log.dir, *id) } else { log::log_path(&log.dir, *id) };
@@ -366,6 +390,7 @@ impl Inner {
             }
         }
         self.cas.fetch_max(ctx.max_cas, Relaxed);
+        self.sweep_replayed(&ctx);
         let mut w = lock(&log.w);
         (w.snap, w.seg, w.off, w.bytes) = (listing.snap(), seg, off, bytes);
         w.next_id = w.next_id.max(listing.max_id + 1);
@@ -403,7 +428,7 @@ impl Inner {
                 return self.replay_full();
             }
         }
-        let mut ctx = Replay { now: unix_now(), records: 0, max_cas: 0 };
+        let mut ctx = Replay { now: unix_now(), records: 0, max_cas: 0, maybe_dead: Vec::new() };
         let (mut new_seg, mut new_off, mut added) = (seg, off, 0);
         for (i, (id, f)) in files.iter().enumerate() {
             let start = if *id == seg { off } else { 0 };
@@ -412,6 +437,7 @@ impl Inner {
             (new_seg, new_off) = (*id, end);
         }
         self.cas.fetch_max(ctx.max_cas, Relaxed);
+        self.sweep_replayed(&ctx);
         let mut w = lock(&log.w);
         (w.seg, w.off) = (new_seg, new_off);
         w.bytes += added;
