@@ -221,6 +221,25 @@ impl Conn {
         self.out.push_back(bytes);
     }
 
+    /// Takes back the last `n` queued bytes, which must not have been
+    /// written (`n <= pending_out()`, and no write has started on them:
+    /// the caller knows its frame boundaries). A session pausing for an
+    /// upgrade uses this to keep whole unsent frames out of the handover.
+    pub fn retract(&mut self, mut n: usize) {
+        assert!(n <= self.out_len, "retracting more than is queued");
+        self.out_len -= n;
+        while n > 0 {
+            let Some(back) = self.out.back_mut() else { break };
+            if back.len() <= n {
+                n -= back.len();
+                self.out.pop_back();
+            } else {
+                back.truncate(back.len() - n);
+                n = 0;
+            }
+        }
+    }
+
     /// Bytes queued and not yet written.
     pub fn pending_out(&self) -> usize {
         self.out_len
@@ -319,6 +338,22 @@ mod tests {
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"pending");
         assert_eq!(&conn.read_buf()[..], b"world");
+    }
+
+    #[tokio::test]
+    async fn retract_takes_back_the_unwritten_tail() {
+        let (client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        for part in [&b"ab"[..], b"cde", b"fgh"] {
+            conn.queue(Bytes::copy_from_slice(part));
+        }
+        conn.retract(4);
+        assert_eq!(conn.pending_out(), 4);
+        conn.flush().await.unwrap();
+        let mut client = client;
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"abcd");
     }
 
     #[tokio::test]

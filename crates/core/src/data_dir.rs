@@ -81,14 +81,15 @@ impl DataDir {
     }
 }
 
-/// Replaces a small file atomically (temp file, fsync, rename), so a reader
-/// never sees it half-written.
+/// Replaces a small file atomically (temp file, rename), so a reader never
+/// sees it half-written. No fsync: these files describe a running process,
+/// which a machine crash ends anyway, and an fsync here would sit inside a
+/// live upgrade's pause.
 fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 

@@ -31,6 +31,7 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         .await
         .map_err(|e| format!("receive task failed: {e}"))??;
     let (blob, fds) = received;
+    let t_received = Instant::now();
     let refuse = |reason: String| {
         let _ = channel.send(&Message::Refuse(reason.clone()).encode(), &[]);
         reason
@@ -106,6 +107,7 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         }
     };
 
+    let prepared_in = t_received.elapsed();
     // The point of no return: sessions run here from now on.
     let sessions = handover.header.sessions.len();
     for s in &handover.header.sessions {
@@ -129,6 +131,7 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         listen.insert(entry.name().to_string(), addr);
         loops.push((entry.clone(), entry.spawn_accept(listener, rt.ctx.clone())));
     }
+    let resumed_in = t_received.elapsed();
     let admin = rt.spawn_admin(admin_listener);
     if let Err(e) = rt.publish(&listen) {
         tracing::error!("serving, but cannot publish the listen and pid files: {e}");
@@ -158,7 +161,15 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
     if let Err(e) = channel.send(&Message::Ready(json).encode(), &[]) {
         tracing::warn!("cannot tell the old process we are ready: {e}");
     }
-    tracing::info!(sessions, gap_us = gap, old_pid = handover.header.old_pid, "took over from the old process");
+    tracing::info!(
+        sessions,
+        gap_us = gap,
+        old_pid = handover.header.old_pid,
+        prepared_us = prepared_in.as_micros() as u64,
+        resumed_us = resumed_in.as_micros() as u64,
+        published_us = t_received.elapsed().as_micros() as u64,
+        "took over from the old process (phases from receipt of the handover)"
+    );
     Ok(Running { loops, admin })
 }
 

@@ -89,8 +89,10 @@ pub(crate) async fn hand_over(
 
     // 3. Pause every session at a safe point.
     let pause_started = now_unix_us();
+    let t_pause = Instant::now();
     let pause_limit = PAUSE_LIMIT.min(deadline.saturating_duration_since(Instant::now()));
     let (listeners, admin, parked, left) = rt.pause_all(running, PauseReason::Upgrade, pause_limit).await;
+    let paused_in = t_pause.elapsed();
     let bundle = bundle(listeners, admin, parked);
     if left > 0 {
         kill(&mut child);
@@ -131,9 +133,12 @@ pub(crate) async fn hand_over(
             return Err(rollback(rt, record, reason, bundle));
         }
     };
+    let encoded_in = t_pause.elapsed();
+    let blob_len = blob.len();
     let sender = channel.clone();
     let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
     let sent = tokio::task::spawn_blocking(move || send_all(&sender, &fds, &blob, remaining)).await;
+    let sent_in = t_pause.elapsed();
     if let Err(reason) = sent.map_err(|e| e.to_string()).and_then(|r| r) {
         kill(&mut child);
         return Err(rollback(rt, record, format!("cannot send the handover: {reason}"), bundle));
@@ -161,6 +166,15 @@ pub(crate) async fn hand_over(
             return Err(rollback(rt, record, reason, bundle));
         }
     };
+    tracing::info!(
+        sessions = record.sessions_moved,
+        blob_bytes = blob_len,
+        paused_us = paused_in.as_micros() as u64,
+        encoded_us = encoded_in.as_micros() as u64,
+        sent_us = sent_in.as_micros() as u64,
+        ready_us = t_pause.elapsed().as_micros() as u64,
+        "handover phases (from the pause)"
+    );
     // The new process owns everything now; our copies close as we exit.
     drop(bundle);
     Ok(UpgradeReport {

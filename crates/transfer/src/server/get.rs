@@ -123,6 +123,10 @@ pub(super) async fn run(
     let idle_for = Duration::from_secs(svc.config.idle_timeout_secs);
     let mut deadline = Instant::now() + idle_for;
     let mut reading: Option<JoinHandle<std::io::Result<Bytes>>> = None;
+    // Payload lengths of the DATA frames queued, newest last: on a pause,
+    // frames still wholly unwritten are taken back (and `sent` rewound), so
+    // they are re-read by the new process instead of riding in the handover.
+    let mut queued: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let mut hashing: Option<JoinHandle<Result<blake3::Hash, String>>> = if st.done_sent {
         None
     } else {
@@ -139,6 +143,17 @@ pub(super) async fn run(
             }
             if let Some(task) = hashing.take() {
                 task.abort();
+            }
+            if !st.done_sent {
+                while let Some(&len) = queued.back() {
+                    let frame = crate::frame::HEADER_LEN as u64 + crate::frame::DATA_OVERHEAD as u64 + len;
+                    if (conn.pending_out() as u64) < frame {
+                        break;
+                    }
+                    conn.retract(frame as usize);
+                    st.sent -= len;
+                    queued.pop_back();
+                }
             }
             return park_transfer(conn, Phase::Get(st), reason);
         }
@@ -163,6 +178,11 @@ pub(super) async fn run(
                         let n = data.len() as u64;
                         queue_frame(conn, &Frame::Data { offset: st.sent, data });
                         st.sent += n;
+                        queued.push_back(n);
+                        // Keep only what can still be unwritten.
+                        while queued.len() > 1 && queued.iter().sum::<u64>() > conn.pending_out() as u64 + n {
+                            queued.pop_front();
+                        }
                         ctx.registry.add_sent(n);
                     }
                     Ok(Ok(_)) => return fail(conn, ErrorCode::Io, &format!("{name} shrank while being sent")),
