@@ -133,7 +133,7 @@ trap 'exit 143' TERM
 
 # --- machine facts ---------------------------------------------------------------
 
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "unknown (not a git checkout)")
 DIRTY=""
 if [[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
     DIRTY=" + uncommitted changes (git diff HEAD sha256 $(git -C "$ROOT" diff HEAD | sha256sum | cut -c1-12))"
