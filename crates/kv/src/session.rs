@@ -98,6 +98,7 @@ async fn serve(
                         out: &mut out,
                         server: &svc.info,
                         wrote: false,
+                        max_item_bytes: limits.max_item_bytes,
                     };
                     let next = execute(req, &mut cx);
                     wrote |= cx.wrote;

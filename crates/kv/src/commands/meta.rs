@@ -56,17 +56,24 @@ pub(super) fn get(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
     };
     let Some(item) = found else {
         KvStats::add(&cx.stats.get_misses, 1);
-        if let Some(vivify) = flags.vivify {
-            // Create an empty placeholder; this client "won" the right to fill it.
-            cx.wrote = true;
-            if let Err(e) = cx.store.store(Mode::Add, key, 0, expiry(vivify, cx.now), Bytes::new(), cx.now) {
-                return server_error(cx.out, &e);
-            }
-            let mut m = miss(key, flags);
-            m.won = true;
-            return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &m);
+        let Some(vivify) = flags.vivify else {
+            return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
+        };
+        // Create an empty placeholder: this client "won" the right to fill
+        // it, and sees it as a hit flagged W (as memcached answers).
+        cx.wrote = true;
+        if let Err(e) = cx.store.store(Mode::Add, key, 0, expiry(vivify, cx.now), Bytes::new(), cx.now) {
+            return server_error(cx.out, &e);
         }
-        return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
+        let Some(created) = cx.store.get(key, cx.now) else {
+            return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
+        };
+        let mut m = hit(key, flags, &created, cx.now);
+        m.won = true;
+        if flags.return_value {
+            return meta_value(cx.out, flags, &m, &created.value);
+        }
+        return meta_line(cx.out, MetaStatus::Hd, flags, &m);
     };
     KvStats::add(&cx.stats.get_hits, 1);
     let m = hit(key, flags, &item, cx.now);
@@ -89,6 +96,15 @@ pub(super) fn set(cx: &mut Ctx<'_>, key: &[u8], data: Bytes, flags: &MetaFlags) 
         StoreCmd::Prepend => Mode::Prepend,
         StoreCmd::Cas => Mode::Cas(flags.compare_cas.unwrap_or(0)),
     };
+    if let Some(expected) = flags.compare_cas.filter(|_| matches!(cmd, StoreCmd::Append | StoreCmd::Prepend)) {
+        // Append and prepend keep their mode and check the cas themselves.
+        let m = MetaItem { key, key_binary: flags.base64_key, cas: Some(0), ..MetaItem::default() };
+        match cx.store.get(key, cx.now) {
+            None => return reply(cx, MetaCmd::Set, MetaStatus::Nf, flags, &m),
+            Some(item) if item.cas != expected => return reply(cx, MetaCmd::Set, MetaStatus::Ex, flags, &m),
+            Some(_) => {}
+        }
+    }
     let exptime = expiry(flags.ttl.unwrap_or(0), cx.now);
     cx.wrote = true;
     let (outcome, cas) = match cx.store.store(mode, key, flags.client_flags.unwrap_or(0), exptime, data, cx.now) {
@@ -133,14 +149,20 @@ pub(super) fn delete(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
 pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
     let incr = flags.incr();
     let delta = flags.delta.unwrap_or(1);
-    if let Some(expected) = flags.compare_cas {
-        match cx.store.get(key, cx.now) {
-            Some(item) if item.cas != expected => {
-                return reply(cx, MetaCmd::Arith, MetaStatus::Ex, flags, &miss(key, flags));
-            }
-            _ => {}
+    let existing = cx.store.get(key, cx.now);
+    // C0 means "no cas given"; a value that is not a number is reported
+    // before a cas mismatch, as memcached does.
+    if let Some(expected) = flags.compare_cas.filter(|&c| c != 0)
+        && let Some(item) = &existing
+    {
+        if !is_counter(&item.value) {
+            return cx.out.put_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+        }
+        if item.cas != expected {
+            return reply(cx, MetaCmd::Arith, MetaStatus::Ex, flags, &miss(key, flags));
         }
     }
+    let created = existing.is_none() && flags.vivify.is_some();
     let autoviv = flags.vivify.map(|t| (flags.initial.unwrap_or(0), expiry(t, cx.now)));
     cx.wrote = true;
     let (result, cas) = match cx.store.arith(key, incr, delta, cx.now, autoviv) {
@@ -162,12 +184,15 @@ pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
                 ttl: item.as_ref().map(|i| ttl(i, cx.now)),
                 ..MetaItem::default()
             };
+            // Quiet hides a successful reply, but not one for an item N
+            // just created (memcached answers that one).
+            if flags.quiet && !created {
+                return;
+            }
             if flags.return_value {
-                if !flags.quiet {
-                    meta_value(cx.out, flags, &m, v.to_string().as_bytes());
-                }
+                meta_value(cx.out, flags, &m, v.to_string().as_bytes());
             } else {
-                reply(cx, MetaCmd::Arith, MetaStatus::Hd, flags, &m);
+                meta_line(cx.out, MetaStatus::Hd, flags, &m);
             }
         }
         Arith::NotFound => {
@@ -196,4 +221,11 @@ pub(super) fn debug(cx: &mut Ctx<'_>, key: &[u8]) {
         }
         None => cx.out.put_slice(b"EN\r\n"),
     }
+}
+
+/// Whether a value reads as a number for incr/decr (digits, maybe padded).
+fn is_counter(value: &[u8]) -> bool {
+    let trimmed = value.iter().position(|&b| b == 0).map_or(value, |n| &value[..n]);
+    let text = trimmed.trim_ascii();
+    !text.is_empty() && text.iter().all(u8::is_ascii_digit)
 }

@@ -30,6 +30,8 @@ pub struct Ctx<'a> {
     pub server: &'a ServerInfo,
     /// Whether this command wrote to the store (fsync mode waits for it).
     pub wrote: bool,
+    /// The item size limit (memcached's `-I`).
+    pub max_item_bytes: usize,
 }
 
 /// Facts `stats` and `version` report.

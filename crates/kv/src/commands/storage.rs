@@ -4,8 +4,9 @@ use bytes::{BufMut, Bytes};
 
 use super::{Ctx, expiry, server_error};
 use crate::protocol::StoreCmd;
+use crate::protocol::parse::ITEM_HEADER;
 use crate::stats::KvStats;
-use crate::store::{Mode, Outcome};
+use crate::store::{Mode, Outcome, StoreError};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn store(
@@ -27,6 +28,16 @@ pub(super) fn store(
         StoreCmd::Prepend => Mode::Prepend,
         StoreCmd::Cas => Mode::Cas(cas_unique),
     };
+    if matches!(cmd, StoreCmd::Append | StoreCmd::Prepend)
+        && let Some(old) = cx.store.get(key, cx.now)
+        && !fits(cx.max_item_bytes, key, old.flags, old.value.len() + data.len())
+    {
+        // memcached refuses to grow an item past its limit this way.
+        if !noreply {
+            cx.out.put_slice(b"NOT_STORED\r\n");
+        }
+        return;
+    }
     cx.wrote = true;
     let reply: &[u8] = match cx.store.store(mode, key, flags, expiry(exptime, cx.now), data, cx.now) {
         Ok((Outcome::Stored, _)) => {
@@ -44,6 +55,7 @@ pub(super) fn store(
             KvStats::add(&cx.stats.cas_misses, 1);
             b"NOT_FOUND\r\n"
         }
+        Err(StoreError::TooLarge) if matches!(cmd, StoreCmd::Append | StoreCmd::Prepend) => b"NOT_STORED\r\n",
         Err(e) => {
             if !noreply {
                 server_error(cx.out, &e);
@@ -54,4 +66,11 @@ pub(super) fn store(
     if !noreply {
         cx.out.put_slice(reply);
     }
+}
+
+/// memcached's item size rule: header, key, flags and value with its CRLF
+/// must fit the item limit.
+pub(super) fn fits(max_item_bytes: usize, key: &[u8], flags: u32, value_len: usize) -> bool {
+    let flags_len = if flags != 0 { 4 } else { 0 };
+    ITEM_HEADER + key.len() + 1 + flags_len + value_len + 2 <= max_item_bytes
 }

@@ -309,7 +309,8 @@ fn parse_counter(v: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
         i += 1;
     }
-    if i == start || v.get(i).is_some_and(|&b| !space(b)) {
+    // memcached reads the value as a C string: a NUL ends the number.
+    if i == start || v.get(i).is_some_and(|&b| !space(b) && b != 0) {
         return None;
     }
     let n = if neg { n.wrapping_neg() } else { n };
