@@ -70,7 +70,7 @@ async fn serve(
     let mut deadline = idle.map(|d| Instant::now() + d);
     loop {
         // Execute every complete request buffered.
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(4096);
         let mut wrote = false;
         let mut close = false;
         loop {

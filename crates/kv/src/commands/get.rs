@@ -30,9 +30,13 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: &[bytes::Bytes], with_cas: bool, touch
                 }
                 cx.out.put_slice(b"VALUE ");
                 cx.out.put_slice(key);
-                cx.out.put_slice(format!(" {} {}", item.flags, item.value.len()).as_bytes());
+                cx.out.put_u8(b' ');
+                put_number(cx.out, u64::from(item.flags));
+                cx.out.put_u8(b' ');
+                put_number(cx.out, item.value.len() as u64);
                 if with_cas {
-                    cx.out.put_slice(format!(" {}", item.cas).as_bytes());
+                    cx.out.put_u8(b' ');
+                    put_number(cx.out, item.cas);
                 }
                 cx.out.put_slice(b"\r\n");
                 cx.out.put_slice(&item.value);
@@ -47,4 +51,19 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: &[bytes::Bytes], with_cas: bool, touch
         }
     }
     cx.out.put_slice(b"END\r\n");
+}
+
+/// Decimal digits without an allocation (once per hit on the hot path).
+fn put_number(out: &mut bytes::BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&digits[i..]);
 }
