@@ -588,9 +588,18 @@ impl Store {
     pub fn get(&self, key: &[u8], now: u64) -> Option<Item> {
         let inner = &*self.inner;
         let mut shard = lock(&inner.shards[shard_of(key)]);
-        let e = inner.live_entry(&mut shard, key, now)?;
-        e.set_bit(FETCHED | REFERENCED, true);
-        Some(e.item())
+        // One lookup on the hot path: a live item is cloned out at once; only
+        // a dead one (rare) pays a second lookup to be reclaimed.
+        match shard.set.get(key) {
+            Some(e) if inner.is_live(e, now) => {
+                e.set_bit(FETCHED | REFERENCED, true);
+                return Some(e.item());
+            }
+            Some(_) => {}
+            None => return None,
+        }
+        inner.reclaim(&mut shard, key);
+        None
     }
 
     /// `gat`: returns the item after setting (and logging) its new expiry.
