@@ -74,13 +74,16 @@ pub struct ConnParts {
 
 impl Conn {
     pub fn new(stream: TcpStream, max_read_buffer: usize) -> Conn {
+        // Replies are small and must not wait for Nagle. The option stays
+        // on the socket, so a connection rebuilt by `from_parts` (in a new
+        // process after an upgrade) keeps it without another syscall.
+        let _ = stream.set_nodelay(true);
         Conn::from_parts(stream, &[], &[], max_read_buffer)
     }
 
     /// Rebuilds a connection from the pieces [`Conn::into_parts`] returned,
     /// possibly in another process.
     pub fn from_parts(stream: TcpStream, read_buf: &[u8], pending_out: &[u8], max_read_buffer: usize) -> Conn {
-        let _ = stream.set_nodelay(true);
         let mut conn = Conn {
             stream,
             read_buf: BytesMut::with_capacity(READ_MIN.max(read_buf.len())),
@@ -108,10 +111,6 @@ impl Conn {
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.stream.peer_addr().ok()
-    }
-
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
     }
 
     /// Unparsed input. Parsers `split_to` complete frames off its front.

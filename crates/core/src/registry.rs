@@ -106,11 +106,6 @@ impl Registry {
         lock(&self.inner).sessions.len()
     }
 
-    /// Live sessions of one service.
-    pub fn service_session_count(&self, service: &str) -> usize {
-        lock(&self.inner).sessions.values().filter(|e| e.service == service).count()
-    }
-
     pub fn add_sent(&self, n: u64) {
         self.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
     }

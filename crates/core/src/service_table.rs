@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use serde::Deserialize;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -62,7 +64,7 @@ impl<S: Service> ServiceEntry for Entry<S> {
     }
 
     fn check_state(&self, state: &serde_json::Value) -> Result<(), String> {
-        let state = serde_json::from_value::<S::State>(state.clone()).map_err(|e| format!("{}: {e}", S::NAME))?;
+        let state = S::State::deserialize(state).map_err(|e| format!("{}: {e}", S::NAME))?;
         self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))
     }
 

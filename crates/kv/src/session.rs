@@ -73,12 +73,16 @@ async fn serve(
         let mut out = BytesMut::with_capacity(4096);
         let mut wrote = false;
         let mut close = false;
+        // Whether the loop stopped for want of input (rather than at a
+        // write point with complete requests possibly still buffered).
+        let mut need_input = false;
         loop {
             if swallow > 0 {
                 let n = swallow.min(conn.read_buf().len());
                 conn.read_buf().advance(n);
                 swallow -= n;
                 if swallow > 0 {
+                    need_input = true;
                     break;
                 }
             }
@@ -86,7 +90,10 @@ async fn serve(
                 break;
             }
             match parse(conn.read_buf(), &limits) {
-                Parse::Incomplete => break,
+                Parse::Incomplete => {
+                    need_input = true;
+                    break;
+                }
                 Parse::Request { req, consumed } => {
                     KvStats::add(&svc.stats.bytes_read, consumed as u64);
                     conn.read_buf().advance(consumed);
@@ -144,11 +151,11 @@ async fn serve(
         if ctx.pause.requested().is_some() {
             return Some(KvState { format: STATE_FORMAT, swallow });
         }
-        let complete_waiting = swallow == 0 && !matches!(parse(conn.read_buf(), &limits), Parse::Incomplete);
-        let want_read = !complete_waiting && conn.pending_out() < MAX_PENDING_OUT;
-        if complete_waiting && conn.pending_out() < MAX_PENDING_OUT {
+        let room = conn.pending_out() < MAX_PENDING_OUT;
+        if !need_input && room {
             continue;
         }
+        let want_read = need_input && room;
         tokio::select! {
             biased;
             _ = ctx.pause.wait() => {}

@@ -92,6 +92,18 @@ pub(crate) fn expiry(exptime: i64, now: u64) -> u64 {
     }
 }
 
+/// Writes a classic command's reply: `ok` on success, the store error
+/// otherwise, nothing at all with `noreply` (memcached hides errors too).
+pub(crate) fn answer(out: &mut BytesMut, noreply: bool, result: Result<&[u8], StoreError>) {
+    if noreply {
+        return;
+    }
+    match result {
+        Ok(reply) => out.put_slice(reply),
+        Err(e) => server_error(out, &e),
+    }
+}
+
 /// The reply for a store failure (memcached's wording where it has one).
 pub(crate) fn server_error(out: &mut BytesMut, e: &StoreError) {
     match e {

@@ -1,8 +1,8 @@
 //! `set`, `add`, `replace`, `append`, `prepend`, `cas`.
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 
-use super::{Ctx, expiry, server_error};
+use super::{Ctx, answer, expiry};
 use crate::protocol::StoreCmd;
 use crate::protocol::parse::ITEM_HEADER;
 use crate::stats::KvStats;
@@ -33,39 +33,29 @@ pub(super) fn store(
         && !fits(cx.max_item_bytes, key, old.flags, old.value.len() + data.len())
     {
         // memcached refuses to grow an item past its limit this way.
-        if !noreply {
-            cx.out.put_slice(b"NOT_STORED\r\n");
-        }
-        return;
+        return answer(cx.out, noreply, Ok(b"NOT_STORED\r\n"));
     }
     cx.wrote = true;
-    let reply: &[u8] = match cx.store.store(mode, key, flags, expiry(exptime, cx.now), data, cx.now) {
+    let result = match cx.store.store(mode, key, flags, expiry(exptime, cx.now), data, cx.now) {
         Ok((Outcome::Stored, _)) => {
             if cmd == StoreCmd::Cas {
                 KvStats::add(&cx.stats.cas_hits, 1);
             }
-            b"STORED\r\n"
+            Ok(&b"STORED\r\n"[..])
         }
-        Ok((Outcome::NotStored, _)) => b"NOT_STORED\r\n",
+        Ok((Outcome::NotStored, _)) => Ok(&b"NOT_STORED\r\n"[..]),
         Ok((Outcome::Exists, _)) => {
             KvStats::add(&cx.stats.cas_badval, 1);
-            b"EXISTS\r\n"
+            Ok(&b"EXISTS\r\n"[..])
         }
         Ok((Outcome::NotFound, _)) => {
             KvStats::add(&cx.stats.cas_misses, 1);
-            b"NOT_FOUND\r\n"
+            Ok(&b"NOT_FOUND\r\n"[..])
         }
-        Err(StoreError::TooLarge) if matches!(cmd, StoreCmd::Append | StoreCmd::Prepend) => b"NOT_STORED\r\n",
-        Err(e) => {
-            if !noreply {
-                server_error(cx.out, &e);
-            }
-            return;
-        }
+        Err(StoreError::TooLarge) if matches!(cmd, StoreCmd::Append | StoreCmd::Prepend) => Ok(&b"NOT_STORED\r\n"[..]),
+        Err(e) => Err(e),
     };
-    if !noreply {
-        cx.out.put_slice(reply);
-    }
+    answer(cx.out, noreply, result);
 }
 
 /// memcached's item size rule: header, key, flags and value with its CRLF

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::error::ClientError;
 use crate::frame::Frame;
-use crate::wire::{RecvError, queue_frame, recv_frame, send_frame};
+use crate::wire::{RecvError, recv_frame, send_frame};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,10 +37,6 @@ impl ClientConn {
             Ok(result) => Ok(result?),
             Err(_) => Err(timed_out(self.timeout)),
         }
-    }
-
-    pub fn queue(&mut self, frame: &Frame) {
-        queue_frame(&mut self.conn, frame);
     }
 
     /// The next frame, or an error if the server goes away or is silent
