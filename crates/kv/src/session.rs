@@ -119,8 +119,9 @@ async fn serve(
                         break;
                     }
                 }
-                Parse::Error { reply, consumed, swallow: skip, close: shut, drop_unsent } => {
+                Parse::Error { reply, consumed, swallow: skip, close: shut, drop_unsent, effect } => {
                     conn.read_buf().advance(consumed);
+                    wrote |= crate::commands::apply_effect(&svc.store, effect, now());
                     swallow = skip;
                     if drop_unsent {
                         out.clear();

@@ -14,10 +14,6 @@ use crate::protocol::{StoreCmd, quiet_hides};
 use crate::stats::KvStats;
 use crate::store::{Arith, Item, Mode, Outcome};
 
-fn ttl(item: &Item, now: u64) -> i64 {
-    if item.exptime == 0 { -1 } else { i64::try_from(item.exptime.saturating_sub(now)).unwrap_or(i64::MAX) }
-}
-
 fn reply(cx: &mut Ctx<'_>, cmd: MetaCmd, status: MetaStatus, flags: &MetaFlags, item: &MetaItem<'_>) {
     if flags.quiet && quiet_hides(cmd, status) {
         return;
@@ -35,48 +31,71 @@ fn hit<'a>(key: &'a [u8], flags: &MetaFlags, item: &Item, now: u64) -> MetaItem<
         key_binary: flags.base64_key,
         cas: Some(item.cas),
         size: Some(item.value.len()),
-        ttl: Some(ttl(item, now)),
+        ttl: Some(ttl_of(item.exptime, now)),
         client_flags: Some(item.flags),
+        token_sent: item.token_sent,
         ..MetaItem::default()
     }
+}
+
+/// Walks `t`, `T` and `N` in request order as memcached does: `T` sets the expiry, `N` sets it only on an
+/// item this command `created`, `t` reports the expiry as it stands. Starts from `exptime` (the item's
+/// before the command, 0 = never) and returns the reported expiry (if `t` was asked) and the final one.
+fn ttl_steps(flags: &MetaFlags, mut exptime: u64, created: bool, now: u64) -> (Option<u64>, u64) {
+    let mut reported = None;
+    for &step in &flags.ttl_steps {
+        match step {
+            b'T' => exptime = flags.ttl.map_or(exptime, |t| expiry(t, now)),
+            b'N' if created => exptime = flags.vivify.map_or(exptime, |t| expiry(t, now)),
+            b't' => reported = Some(exptime),
+            _ => {}
+        }
+    }
+    (reported, exptime)
+}
+
+/// The `t` value for an absolute expiry.
+fn ttl_of(exptime: u64, now: u64) -> i64 {
+    if exptime == 0 { -1 } else { i64::try_from(exptime.saturating_sub(now)).unwrap_or(i64::MAX) }
 }
 
 /// `mg <key> <flags>*`
 pub(super) fn get(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
     KvStats::add(&cx.stats.cmd_get, 1);
-    let found = match flags.ttl {
-        Some(t) => {
-            cx.wrote = true;
-            match cx.store.get_and_touch(key, expiry(t, cx.now), cx.now) {
-                Ok(item) => item,
-                Err(e) => return server_error(cx.out, &e),
-            }
-        }
-        None => cx.store.get(key, cx.now),
-    };
-    let Some(item) = found else {
+    let Some(item) = cx.store.get(key, cx.now) else {
         KvStats::add(&cx.stats.get_misses, 1);
-        let Some(vivify) = flags.vivify else {
+        if flags.vivify.is_none() {
             return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
-        };
+        }
         // Create an empty placeholder: this client "won" the right to fill
-        // it, and sees it as a hit flagged W (as memcached answers).
+        // it, and sees it as a hit flagged W (as memcached answers); later
+        // hits see Z until the item is replaced.
+        let (reported, exptime) = ttl_steps(flags, 0, true, cx.now);
         cx.wrote = true;
-        if let Err(e) = cx.store.store(Mode::Add, key, 0, expiry(vivify, cx.now), Bytes::new(), cx.now) {
+        if let Err(e) = cx.store.store(Mode::Add, key, 0, exptime, Bytes::new(), cx.now) {
             return server_error(cx.out, &e);
         }
-        let Some(created) = cx.store.get(key, cx.now) else {
+        let Some(created) = cx.store.mark_token_sent(key, cx.now) else {
             return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
         };
         let mut m = hit(key, flags, &created, cx.now);
-        m.won = true;
+        (m.won, m.token_sent) = (true, false);
+        m.ttl = reported.map(|x| ttl_of(x, cx.now));
         if flags.return_value {
             return meta_value(cx.out, flags, &m, &created.value);
         }
         return meta_line(cx.out, MetaStatus::Hd, flags, &m);
     };
     KvStats::add(&cx.stats.get_hits, 1);
-    let m = hit(key, flags, &item, cx.now);
+    let (reported, exptime) = ttl_steps(flags, item.exptime, false, cx.now);
+    if flags.ttl.is_some() {
+        cx.wrote = true;
+        if let Err(e) = cx.store.touch(key, exptime, cx.now) {
+            return server_error(cx.out, &e);
+        }
+    }
+    let mut m = hit(key, flags, &item, cx.now);
+    m.ttl = reported.map(|x| ttl_of(x, cx.now));
     if flags.return_value {
         meta_value(cx.out, flags, &m, &item.value);
     } else {
@@ -96,11 +115,14 @@ pub(super) fn set(cx: &mut Ctx<'_>, key: &[u8], data: Bytes, flags: &MetaFlags) 
         StoreCmd::Prepend => Mode::Prepend,
         StoreCmd::Cas => Mode::Cas(flags.compare_cas.unwrap_or(0)),
     };
-    if let Some(expected) = flags.compare_cas.filter(|_| matches!(cmd, StoreCmd::Append | StoreCmd::Prepend)) {
-        // Append and prepend keep their mode and check the cas themselves.
+    // C0 means "no cas given" here, as memcached checks a cas only when it is not 0.
+    if let Some(expected) = flags.compare_cas.filter(|&c| c != 0 && matches!(cmd, StoreCmd::Append | StoreCmd::Prepend))
+    {
+        // Append and prepend keep their mode and check the cas themselves
+        // (a miss is NS, as for any append).
         let m = MetaItem { key, key_binary: flags.base64_key, cas: Some(0), ..MetaItem::default() };
         match cx.store.get(key, cx.now) {
-            None => return reply(cx, MetaCmd::Set, MetaStatus::Nf, flags, &m),
+            None => return reply(cx, MetaCmd::Set, MetaStatus::Ns, flags, &m),
             Some(item) if item.cas != expected => return reply(cx, MetaCmd::Set, MetaStatus::Ex, flags, &m),
             Some(_) => {}
         }
@@ -163,7 +185,9 @@ pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
         }
     }
     let created = existing.is_none() && flags.vivify.is_some();
-    let autoviv = flags.vivify.map(|t| (flags.initial.unwrap_or(0), expiry(t, cx.now)));
+    let start = existing.as_ref().map_or(0, |i| i.exptime);
+    let (reported, exptime) = ttl_steps(flags, start, created, cx.now);
+    let autoviv = flags.vivify.map(|_| (flags.initial.unwrap_or(0), exptime));
     cx.wrote = true;
     let (result, cas) = match cx.store.arith(key, incr, delta, cx.now, autoviv) {
         Ok(done) => done,
@@ -173,15 +197,14 @@ pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
         Arith::Value(v) => {
             let counter = if incr { &cx.stats.incr_hits } else { &cx.stats.decr_hits };
             KvStats::add(counter, 1);
-            if let Some(t) = flags.ttl {
-                let _ = cx.store.touch(key, expiry(t, cx.now), cx.now);
+            if flags.ttl.is_some() && !created {
+                let _ = cx.store.touch(key, exptime, cx.now);
             }
-            let item = cx.store.get(key, cx.now);
             let m = MetaItem {
                 key,
                 key_binary: flags.base64_key,
                 cas: Some(cas),
-                ttl: item.as_ref().map(|i| ttl(i, cx.now)),
+                ttl: reported.map(|x| ttl_of(x, cx.now)),
                 ..MetaItem::default()
             };
             // Quiet hides a successful reply, but not one for an item N

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::protocol::{Expiry, Request, absolute};
+use crate::protocol::{Effect, Expiry, Request, absolute};
 use crate::stats::KvStats;
 use crate::store::{Store, StoreError};
 
@@ -80,6 +80,22 @@ pub fn execute(req: Request, cx: &mut Ctx<'_>) -> Next {
         Request::MetaDebug { key } => meta::debug(cx, &key),
     }
     Next::Continue
+}
+
+/// Applies what memcached does to the cache before answering an error ([`Effect`]); returns whether it
+/// wrote to the store. A failure here is logged, not answered: the error reply is what the client gets,
+/// as from memcached.
+pub fn apply_effect(store: &Store, effect: Effect, now: u64) -> bool {
+    let result = match effect {
+        Effect::None => return false,
+        Effect::Touch { exptime, keys } => {
+            keys.iter().try_for_each(|k| store.touch(k, expiry(exptime, now), now).map(drop))
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!("kv store failure before an error reply: {e}");
+    }
+    true
 }
 
 /// The store's expiry from a wire exptime: 0 never, else an absolute

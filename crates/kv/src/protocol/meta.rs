@@ -66,6 +66,9 @@ pub struct MetaFlags {
     pub delta: Option<u64>,
     /// The return flags (`O k c s t f l h`) in request order: replies echo them in this order.
     pub order: Vec<u8>,
+    /// `t`, `T` and `N` in request order: memcached applies `T` and `N` and reports `t` as it meets them,
+    /// so `mg k t T30` reports the TTL from before the touch (see `commands::meta::ttl_steps`).
+    pub ttl_steps: Vec<u8>,
 }
 
 impl MetaFlags {
@@ -176,6 +179,9 @@ pub(crate) fn parse_flags(tokens: &[&[u8]], key: &[u8]) -> Result<(MetaFlags, By
         }
         if b"Okcstflh".contains(&letter) {
             f.order.push(letter);
+        }
+        if b"tTN".contains(&letter) {
+            f.ttl_steps.push(letter);
         }
     }
     if failed { Err(error.unwrap_or(reply::CLIENT_ERROR_BAD_FORMAT)) } else { Ok((f, key)) }

@@ -27,5 +27,5 @@ mod tests;
 
 pub use exptime::{Expiry, absolute};
 pub use meta::{MetaCmd, MetaDebugInfo, MetaFlags, MetaItem, MetaStatus, quiet_hides};
-pub use parse::{Limits, Parse, parse};
+pub use parse::{Effect, Limits, Parse, parse};
 pub use request::{Request, StoreCmd};

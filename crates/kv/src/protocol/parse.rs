@@ -86,8 +86,19 @@ pub enum Parse {
     ///
     /// With `close`, close the connection (`reply` is empty). With `drop_unsent`, first throw away every
     /// reply not yet written to the socket, as memcached does (see "When memcached writes" in the module
-    /// docs); `close` implies it.
-    Error { reply: &'static [u8], consumed: usize, swallow: usize, close: bool, drop_unsent: bool },
+    /// docs); `close` implies it. Before all that, apply `effect` to the cache (memcached changes it on
+    /// one error).
+    Error { reply: &'static [u8], consumed: usize, swallow: usize, close: bool, drop_unsent: bool, effect: Effect },
+}
+
+/// What memcached does to the cache before it answers an error. (It also unlinks the current item of a
+/// `set` or `ms` refused as too large; ferry does not, so that a refused request loses nothing stored.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Effect {
+    #[default]
+    None,
+    /// `gat`/`gats` touches (with this exptime) each key before the one over 250 bytes that fails it.
+    Touch { exptime: i64, keys: Vec<Bytes> },
 }
 
 /// Parses the request at the front of `buf`.
@@ -116,11 +127,11 @@ fn is_multiget(buf: &[u8]) -> bool {
 }
 
 fn bad_chunk(reply: &'static [u8], consumed: usize) -> Parse {
-    Parse::Error { reply, consumed, swallow: 0, close: false, drop_unsent: false }
+    Parse::Error { reply, consumed, swallow: 0, close: false, drop_unsent: false, effect: Effect::None }
 }
 
 fn close(consumed: usize) -> Parse {
-    Parse::Error { reply: b"", consumed, swallow: 0, close: true, drop_unsent: true }
+    Parse::Error { reply: b"", consumed, swallow: 0, close: true, drop_unsent: true, effect: Effect::None }
 }
 
 /// One command line, tokenized.
@@ -145,7 +156,7 @@ impl Line<'_> {
     }
 
     fn err_swallow(&self, reply: &'static [u8], swallow: usize) -> Parse {
-        Parse::Error { reply, consumed: self.consumed, swallow, close: false, drop_unsent: false }
+        Parse::Error { reply, consumed: self.consumed, swallow, close: false, drop_unsent: false, effect: Effect::None }
     }
 
     /// An error hidden by `noreply`.
@@ -217,13 +228,19 @@ impl Line<'_> {
         }
         let keys = &self.t[first_key..];
         // memcached answers only the error, dropping the hits before the long key and every unsent reply.
-        if keys.iter().any(|k| k.len() > self.limits.max_key) {
+        if let Some(long) = keys.iter().position(|k| k.len() > self.limits.max_key) {
+            let effect = if touch && long > 0 {
+                Effect::Touch { exptime, keys: keys[..long].iter().map(|k| Bytes::copy_from_slice(k)).collect() }
+            } else {
+                Effect::None
+            };
             return Parse::Error {
                 reply: reply::CLIENT_ERROR_BAD_FORMAT,
                 consumed: self.consumed,
                 swallow: 0,
                 close: false,
                 drop_unsent: true,
+                effect,
             };
         }
         let keys = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
@@ -250,6 +267,8 @@ impl Line<'_> {
         };
         let Some(block) = self.block_len(len) else { return bad() };
         if self.too_large(self.t[1].len(), flags, block) {
+            // memcached also unlinks the key's current item here (for `set`); ferry keeps it: nothing
+            // already stored is lost to a refused request.
             return self.err_swallow(if noreply { b"" } else { reply::SERVER_ERROR_TOO_LARGE }, block);
         }
         match self.block(block) {
@@ -387,6 +406,7 @@ impl Line<'_> {
             return self.err_swallow(reply::CLIENT_ERROR_OPAQUE_TOO_LONG, block);
         }
         if self.too_large(key.len(), flags.client_flags.unwrap_or(0), block) {
+            // As for `set`, ferry keeps the current item (memcached unlinks it).
             return self.err_swallow(reply::SERVER_ERROR_TOO_LARGE, block);
         }
         match self.block(block) {

@@ -289,7 +289,7 @@ fn too_large_swallows_the_block() {
             let line = format!("set {key} {flags} 0 {len}\r\n");
             match parse(line.as_bytes(), &limits) {
                 Parse::Incomplete => assert!(fits),
-                Parse::Error { reply, consumed, swallow, close: false, drop_unsent: false } => {
+                Parse::Error { reply, consumed, swallow, close: false, drop_unsent: false, .. } => {
                     assert!(!fits);
                     assert_eq!(reply, b"SERVER_ERROR object too large for cache\r\n");
                     assert_eq!((consumed, swallow), (line.len(), len + 2));

@@ -106,6 +106,9 @@ pub struct Item {
     pub exptime: u64,
     pub cas: u64,
     pub value: Bytes,
+    /// An `mg` already handed out the recache token for this item (`W`); later hits answer `Z`. Kept in
+    /// memory only, like memcached's flag: a restart forgets it.
+    pub token_sent: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +172,7 @@ pub struct StoreStats {
 const TOUCHED: u8 = 1; // a live Touch record follows the item's Set record in the log
 const FETCHED: u8 = 2;
 const REFERENCED: u8 = 4; // CLOCK bit (memory mode)
+const TOKEN_SENT: u8 = 8; // an mg won this item's recache token (memcached's ITEM_TOKEN_SENT)
 
 /// One item (48 bytes): `data` is the key followed by the value, in one allocation. Gets hand out the value
 /// as a `Bytes` that shares `data` (`Bytes::from_owner`: a small allocation per get, none per item).
@@ -214,6 +218,7 @@ impl Entry {
             exptime: self.exptime.get(),
             cas: self.cas,
             value: Bytes::from_owner(Arc::clone(&self.data)).slice(self.key_len as usize..),
+            token_sent: self.has(TOKEN_SENT),
         }
     }
 }
@@ -600,6 +605,16 @@ impl Store {
         }
         inner.reclaim(&mut shard, key);
         None
+    }
+
+    /// Marks the live item under `key` as having handed out its recache token (`mg` with `N` created it);
+    /// returns the item, or `None` if it is gone.
+    pub fn mark_token_sent(&self, key: &[u8], now: u64) -> Option<Item> {
+        let inner = &*self.inner;
+        let mut shard = lock(&inner.shards[shard_of(key)]);
+        let e = inner.live_entry(&mut shard, key, now)?;
+        e.set_bit(TOKEN_SENT, true);
+        Some(e.item())
     }
 
     /// `gat`: returns the item after setting (and logging) its new expiry.
