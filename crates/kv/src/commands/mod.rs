@@ -125,6 +125,16 @@ pub(crate) fn server_error(out: &mut BytesMut, e: &StoreError) {
     match e {
         StoreError::OutOfMemory => out.put_slice(b"SERVER_ERROR out of memory storing object\r\n"),
         StoreError::TooLarge => out.put_slice(b"SERVER_ERROR object too large for cache\r\n"),
+        StoreError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+            // Once per 10 s at most: a full disk refuses every write.
+            static LAST_WARN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let now = crate::store::unix_now();
+            if LAST_WARN.load(std::sync::atomic::Ordering::Relaxed) + 10 <= now {
+                LAST_WARN.store(now, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("kv log: the disk is full; refusing writes until there is room");
+            }
+            out.put_slice(b"SERVER_ERROR out of disk space storing object\r\n")
+        }
         other => {
             let msg: String = other.to_string().chars().filter(|c| !c.is_control()).take(200).collect();
             tracing::error!("kv store failure: {msg}");
