@@ -1,0 +1,20 @@
+//! ferry's sync service, pure part: the seed's binary sync protocol byte for byte ([`wire`]), the
+//! server's file roster with per-file lock leases ([`roster`]), per-upload chunk checking
+//! ([`upload_tracker`]), each client's pending-update queue ([`update_queue`]), and the client's
+//! connect-time reconciliation ([`reconcile`]) with conflicted-copy naming ([`conflict_name`]).
+//!
+//! Nothing here does I/O: every piece is a value the networked server and client drive, so every rule
+//! of the protocol is testable without sockets or disks. The wire format is specified in
+//! `docs/sync-protocol.md`.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod client_id;
+pub mod md5sum;
+pub mod wire;
+
+pub use client_id::{ClientId, ClientIdError, MAX_CLIENT_ID_LEN};
+pub use md5sum::Md5Sum;
+pub use wire::{
+    DecodeError, EntryState, Hello, Limits, Message, MessageType, MetaEntry, Metadata, PROTOCOL_VERSION, Role,
+    StatusCode, WireError,
+};
