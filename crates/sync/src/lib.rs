@@ -10,10 +10,16 @@
 
 pub mod client_id;
 pub mod md5sum;
+pub mod roster;
+pub mod update_queue;
+pub mod upload_tracker;
 pub mod wire;
 
 pub use client_id::{ClientId, ClientIdError, MAX_CLIENT_ID_LEN};
 pub use md5sum::Md5Sum;
+pub use roster::{Lease, LeaseError, LeaseKind, Refusal, Roster, RosterError};
+pub use update_queue::{Enqueued, QueueFull, QueuedUpdate, UpdateKind, UpdateQueue};
+pub use upload_tracker::{ChunkVerdict, FinishVerdict, MAX_STRIKES, UploadTracker, UploadTrackerState};
 pub use wire::{
     DecodeError, EntryState, Hello, Limits, Message, MessageType, MetaEntry, Metadata, PROTOCOL_VERSION, Role,
     StatusCode, WireError,
