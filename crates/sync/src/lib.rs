@@ -9,14 +9,20 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod client_id;
+pub mod conflict_name;
+pub mod local_metadata;
 pub mod md5sum;
+pub mod reconcile;
 pub mod roster;
 pub mod update_queue;
 pub mod upload_tracker;
 pub mod wire;
 
 pub use client_id::{ClientId, ClientIdError, MAX_CLIENT_ID_LEN};
+pub use conflict_name::{ConflictNameError, conflicted_copy_name};
+pub use local_metadata::{LocalEntry, LocalFile, LocalMetadata, Synced};
 pub use md5sum::Md5Sum;
+pub use reconcile::{Action, reconcile};
 pub use roster::{Lease, LeaseError, LeaseKind, Refusal, Roster, RosterError};
 pub use update_queue::{Enqueued, QueueFull, QueuedUpdate, UpdateKind, UpdateQueue};
 pub use upload_tracker::{ChunkVerdict, FinishVerdict, MAX_STRIKES, UploadTracker, UploadTrackerState};
