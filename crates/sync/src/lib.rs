@@ -1,7 +1,7 @@
 //! ferry's sync service, pure part: the seed's binary sync protocol byte for byte ([`wire`]), the
 //! server's file roster with per-file lock leases ([`roster`]), per-upload chunk checking
 //! ([`upload_tracker`]), each client's pending-update queue ([`update_queue`]), and the client's
-//! connect-time reconciliation ([`reconcile`]) with conflicted-copy naming ([`conflict_name`]).
+//! connect-time reconciliation ([`mod@reconcile`]) with conflicted-copy naming ([`conflict_name`]).
 //!
 //! Nothing here does I/O: every piece is a value the networked server and client drive, so every rule
 //! of the protocol is testable without sockets or disks. The wire format is specified in
