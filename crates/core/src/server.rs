@@ -312,7 +312,7 @@ impl Runtime {
     /// Continues a parked session in this process.
     pub(crate) fn resume_parked(&self, parked: ParkedSession) {
         let Some(entry) = self.services.iter().find(|e| e.name() == parked.service) else { return };
-        let resumed = serde_json::from_slice(&parked.state).map_err(|e| e.to_string()).and_then(|state| {
+        let resumed = entry.decode_state_json(&parked.state).and_then(|state| {
             entry.resume(parked.conn.stream, state, parked.conn.read_buf, parked.conn.pending_out, self.ctx.clone())
         });
         if let Err(e) = resumed {

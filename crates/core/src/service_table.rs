@@ -3,6 +3,7 @@
 //! serialized state without knowing their types (in a new process after a
 //! live upgrade, or in the old one after a rollback).
 
+use std::any::Any;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -20,21 +21,30 @@ pub trait ServiceEntry: Send + Sync {
     /// Configured port (0: any free port).
     fn port(&self) -> u16;
     fn spawn_accept(&self, listener: TcpListener, ctx: LoopCtx) -> JoinHandle<TcpListener>;
-    /// Whether this build can continue a session from `state`.
-    fn check_state(&self, state: &serde_json::Value) -> Result<(), String>;
+    /// Decodes a session's state and checks that this build can continue
+    /// it: the typed state that [`ServiceEntry::resume`] takes. Decoding
+    /// once serves both the check (before anything is taken over) and the
+    /// resume.
+    fn decode_state(&self, state: &serde_json::Value) -> Result<DecodedState, String>;
+    /// [`ServiceEntry::decode_state`] from the JSON text a parked session holds.
+    fn decode_state_json(&self, state: &[u8]) -> Result<DecodedState, String>;
     fn prepare_handover(&self) -> Result<(), String>;
     fn resume_after_rollback(&self);
     fn catch_up(&self) -> Result<(), String>;
-    /// Continues a paused session on `stream`.
+    /// Continues a paused session on `stream`, from a state this entry decoded.
     fn resume(
         &self,
         stream: TcpStream,
-        state: serde_json::Value,
+        state: DecodedState,
         read_buf: Vec<u8>,
         pending_out: Vec<u8>,
         ctx: LoopCtx,
     ) -> Result<(), String>;
 }
+
+/// A session state decoded by its service's entry, typed but opaque to the
+/// runtime.
+pub struct DecodedState(Box<dyn Any + Send>);
 
 pub struct Entry<S: Service> {
     service: Arc<S>,
@@ -63,9 +73,16 @@ impl<S: Service> ServiceEntry for Entry<S> {
         spawn_accept_loop(self.service.clone(), listener, self.limit.clone(), self.max_connections, ctx)
     }
 
-    fn check_state(&self, state: &serde_json::Value) -> Result<(), String> {
+    fn decode_state(&self, state: &serde_json::Value) -> Result<DecodedState, String> {
         let state = S::State::deserialize(state).map_err(|e| format!("{}: {e}", S::NAME))?;
-        self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))
+        self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))?;
+        Ok(DecodedState(Box::new(state)))
+    }
+
+    fn decode_state_json(&self, state: &[u8]) -> Result<DecodedState, String> {
+        let state: S::State = serde_json::from_slice(state).map_err(|e| format!("{}: {e}", S::NAME))?;
+        self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))?;
+        Ok(DecodedState(Box::new(state)))
     }
 
     fn prepare_handover(&self) -> Result<(), String> {
@@ -83,12 +100,13 @@ impl<S: Service> ServiceEntry for Entry<S> {
     fn resume(
         &self,
         stream: TcpStream,
-        state: serde_json::Value,
+        state: DecodedState,
         read_buf: Vec<u8>,
         pending_out: Vec<u8>,
         ctx: LoopCtx,
     ) -> Result<(), String> {
-        let state: S::State = serde_json::from_value(state).map_err(|e| format!("{}: {e}", S::NAME))?;
+        let state = state.0.downcast::<S::State>().map_err(|_| format!("{}: a state of another service", S::NAME))?;
+        let state = *state;
         // A resumed session keeps its place even if the limit is full.
         let permit = self.limit.clone().try_acquire_owned().ok();
         spawn_session(self.service.clone(), stream, Some((state, read_buf, pending_out)), permit, ctx);

@@ -40,15 +40,17 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
     if std::env::var_os(REFUSE_HANDOVER_ENV).is_some() {
         return Err(refuse(format!("refused by {REFUSE_HANDOVER_ENV}")));
     }
-    // Check every session before touching any: a refusal must leave the
-    // old process free to resume all of them.
+    // Decode and check every session before touching any: a refusal must
+    // leave the old process free to resume all of them.
+    let mut states = Vec::with_capacity(handover.header.sessions.len());
     for s in &handover.header.sessions {
         let entry = rt
             .services
             .iter()
             .find(|e| e.name() == s.service)
             .ok_or_else(|| refuse(format!("this build has no {} service", s.service)))?;
-        entry.check_state(&s.state).map_err(|e| refuse(format!("cannot continue a session: {e}")))?;
+        let state = entry.decode_state(&s.state).map_err(|e| refuse(format!("cannot continue a session: {e}")))?;
+        states.push((entry.clone(), state));
     }
 
     // The old process has stopped writing: catch stores up with its tail.
@@ -110,16 +112,14 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
     let prepared_in = t_received.elapsed();
     // The point of no return: sessions run here from now on.
     let sessions = handover.header.sessions.len();
-    for s in &handover.header.sessions {
-        let (Some(fd), Some(entry)) = (take(s.fd), rt.services.iter().find(|e| e.name() == s.service)) else {
-            continue;
-        };
+    for (s, (entry, state)) in handover.header.sessions.iter().zip(states) {
+        let Some(fd) = take(s.fd) else { continue };
         let read_buf = handover.slice(s.read_buf).map(<[u8]>::to_vec).unwrap_or_default();
         let pending_out = handover.slice(s.pending_out).map(<[u8]>::to_vec).unwrap_or_default();
         let std = std::net::TcpStream::from(fd);
         let resumed = TcpStream::from_std(std)
             .map_err(|e| e.to_string())
-            .and_then(|stream| entry.resume(stream, s.state.clone(), read_buf, pending_out, rt.ctx.clone()));
+            .and_then(|stream| entry.resume(stream, state, read_buf, pending_out, rt.ctx.clone()));
         if let Err(e) = resumed {
             tracing::error!("cannot resume a {} session: {e}", s.service);
         }

@@ -362,9 +362,10 @@ fn rollback(rt: &mut Runtime, mut record: UpgradeRecord, reason: String, bundle:
     for s in bundle.sessions {
         let Some(entry) = rt.services.iter().find(|e| e.name() == s.service).cloned() else { continue };
         let std = std::net::TcpStream::from(s.fd);
-        let resumed = TcpStream::from_std(std)
-            .map_err(|e| e.to_string())
-            .and_then(|stream| entry.resume(stream, s.state, s.read_buf, s.pending_out, rt.ctx.clone()));
+        let resumed = TcpStream::from_std(std).map_err(|e| e.to_string()).and_then(|stream| {
+            let state = entry.decode_state(&s.state)?;
+            entry.resume(stream, state, s.read_buf, s.pending_out, rt.ctx.clone())
+        });
         if let Err(e) = resumed {
             tracing::error!("cannot resume a {} session after rollback: {e}", s.service);
         }
