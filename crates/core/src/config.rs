@@ -114,6 +114,9 @@ pub struct UpgradeConfig {
     pub timeout_secs: u64,
     /// How long a graceful shutdown waits for sessions to reach a safe point.
     pub shutdown_grace_secs: u64,
+    /// How long the old process of an upgrade (or a stopping server) lets
+    /// connections that drain rather than migrate (HTTP) finish.
+    pub drain_secs: u64,
 }
 
 impl Default for Config {
@@ -180,7 +183,7 @@ impl Default for SyncConfig {
 
 impl Default for UpgradeConfig {
     fn default() -> Self {
-        UpgradeConfig { timeout_secs: 30, shutdown_grace_secs: 5 }
+        UpgradeConfig { timeout_secs: 30, shutdown_grace_secs: 5, drain_secs: 30 }
     }
 }
 

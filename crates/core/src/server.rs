@@ -132,6 +132,12 @@ impl Server {
         self.services.push(Arc::new(Entry::new(service, port, max_connections)));
     }
 
+    /// Adds a service that brings its own [`ServiceEntry`]: one whose
+    /// connections drain in the old process instead of migrating (HTTP).
+    pub fn add_entry(&mut self, entry: Arc<dyn ServiceEntry>) {
+        self.services.push(entry);
+    }
+
     /// Serves until told to stop (or until a live upgrade hands everything
     /// to a new process).
     pub async fn run(self) -> Result<(), ServerError> {
@@ -210,6 +216,7 @@ impl Server {
                         let _ = reply.send(Ok(report));
                         let _ = tokio::time::timeout(Duration::from_secs(5), delivered).await;
                     }
+                    rt.drain().await;
                     return Ok(());
                 }
                 Err((reason, resumed)) => {
@@ -306,7 +313,18 @@ impl Runtime {
         if left > 0 {
             tracing::warn!("{left} sessions did not reach a safe point within {grace:?}");
         }
+        self.drain().await;
         self.data.remove_published(std::process::id());
+    }
+
+    /// Waits (at most `upgrade.drain_secs`) for the connections that drain
+    /// rather than migrate to finish, once every accept loop has stopped.
+    async fn drain(&self) {
+        let limit = Duration::from_secs(self.config.upgrade.drain_secs);
+        let all = futures_join_all(self.services.iter().map(|e| e.drain()).collect());
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("connections still draining after {limit:?}; closing them");
+        }
     }
 
     /// Continues a parked session in this process.
@@ -430,4 +448,12 @@ async fn admin_request(data: &std::path::Path, req: &AdminRequest) -> io::Result
     admin::request(&socket, req)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("no ferry server answers at {} ({e})", socket.display())))
+}
+
+/// Awaits every future (sequentially is enough: the wait ends when the
+/// slowest is done either way).
+async fn futures_join_all(futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
+    for f in futures {
+        f.await;
+    }
 }

@@ -4,6 +4,8 @@
 //! live upgrade, or in the old one after a rollback).
 
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -31,6 +33,14 @@ pub trait ServiceEntry: Send + Sync {
     fn prepare_handover(&self) -> Result<(), String>;
     fn resume_after_rollback(&self);
     fn catch_up(&self) -> Result<(), String>;
+    /// Resolves once the connections this service lets *drain* instead of
+    /// migrating (an HTTP request in progress) have finished, after its
+    /// accept loop stopped for a pause. The old process of an upgrade and a
+    /// stopping server wait for it (at most `upgrade.drain_secs`). Services
+    /// whose sessions all migrate have nothing to drain.
+    fn drain(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(std::future::ready(()))
+    }
     /// Continues a paused session on `stream`, from a state this entry decoded.
     fn resume(
         &self,
@@ -45,6 +55,13 @@ pub trait ServiceEntry: Send + Sync {
 /// A session state decoded by its service's entry, typed but opaque to the
 /// runtime.
 pub struct DecodedState(Box<dyn Any + Send>);
+
+impl DecodedState {
+    /// Wraps a service's typed state.
+    pub fn new<T: Any + Send>(state: T) -> DecodedState {
+        DecodedState(Box::new(state))
+    }
+}
 
 pub struct Entry<S: Service> {
     service: Arc<S>,
