@@ -41,12 +41,16 @@ impl HttpError {
         }
     }
 
-    /// A store failure while writing: a directory in the way is a conflict.
+    /// A store failure while writing: a directory where the file should go,
+    /// or a file where a parent directory should be, is a conflict.
     pub fn from_write(e: StoreError) -> HttpError {
+        use std::io::ErrorKind::{AlreadyExists, NotADirectory};
         match e {
             StoreError::NotAFile(n) => HttpError::Conflict(format!("not a regular file: {n}")),
-            StoreError::Io { source, context } if source.kind() == std::io::ErrorKind::NotADirectory => {
-                HttpError::Conflict(format!("a parent is not a directory ({context})"))
+            // Creating a parent directory where a file is gives AlreadyExists.
+            StoreError::Io { source, context } if matches!(source.kind(), NotADirectory | AlreadyExists) => {
+                let name = context.strip_prefix("commit ").unwrap_or(&context);
+                HttpError::Conflict(format!("a parent of {name} is not a directory"))
             }
             other => HttpError::from_read(other),
         }

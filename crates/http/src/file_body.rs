@@ -44,7 +44,7 @@ pub fn load_whole(store: &FileStore, name: &SafeName, meta: &FileMeta) -> io::Re
     }
     let len = usize::try_from(meta.size).map_err(io::Error::other)?;
     let mut buf = vec![0u8; len];
-    file.read_exact_at(&mut buf, 0).map_err(|e| shrunk_is_changed(e))?;
+    file.read_exact_at(&mut buf, 0).map_err(shrunk_is_changed)?;
     ensure_unchanged(&file, &meta.etag)?;
     Ok(Bytes::from(buf))
 }
