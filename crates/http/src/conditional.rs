@@ -17,7 +17,7 @@ use crate::range::RangeRequest;
 
 /// What a GET or HEAD should answer, validators considered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub enum Verdict {
     /// 304: the client's copy is current.
     NotModified,
     /// 200, 206 or 416 as the range says.
@@ -40,27 +40,27 @@ pub fn last_modified_header(meta: &FileMeta) -> String {
 }
 
 /// Decides between 304 and sending (some of) the file.
-pub fn evaluate(headers: &HeaderMap, meta: &FileMeta, now: SystemTime) -> Answer {
+pub fn evaluate(headers: &HeaderMap, meta: &FileMeta, now: SystemTime) -> Verdict {
     let inm: Vec<&str> = headers.get_all(IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).collect();
     if !inm.is_empty() {
         if inm.iter().any(|v| none_match_hits(v, &meta.etag)) {
-            return Answer::NotModified;
+            return Verdict::NotModified;
         }
     } else if let Some(since) = header_date(headers, IF_MODIFIED_SINCE)
         && modified_secs(meta) <= since
     {
-        return Answer::NotModified;
+        return Verdict::NotModified;
     }
     let range = headers.get(RANGE).and_then(|v| v.to_str().ok());
     if range.is_none() {
-        return Answer::Send(RangeRequest::Whole);
+        return Verdict::Send(RangeRequest::Whole);
     }
     if let Some(cond) = headers.get(IF_RANGE)
         && !cond.to_str().is_ok_and(|c| if_range_holds(c, meta, now))
     {
-        return Answer::Send(RangeRequest::Whole);
+        return Verdict::Send(RangeRequest::Whole);
     }
-    Answer::Send(RangeRequest::parse(range, meta.size))
+    Verdict::Send(RangeRequest::parse(range, meta.size))
 }
 
 fn header_date(headers: &HeaderMap, name: axum::http::HeaderName) -> Option<u64> {
@@ -143,7 +143,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
-    fn eval(pairs: &[(&str, &str)]) -> Answer {
+    fn eval(pairs: &[(&str, &str)]) -> Verdict {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
@@ -162,35 +162,35 @@ mod tests {
 
     #[test]
     fn if_none_match() {
-        assert_eq!(eval(&[("if-none-match", TAG)]), Answer::NotModified);
-        assert_eq!(eval(&[("if-none-match", "W/\"3e8-17-2a\"")]), Answer::NotModified, "weak comparison");
-        assert_eq!(eval(&[("if-none-match", "\"x\", \"3e8-17-2a\"")]), Answer::NotModified);
-        assert_eq!(eval(&[("if-none-match", "\"x\""), ("if-none-match", TAG)]), Answer::NotModified);
-        assert_eq!(eval(&[("if-none-match", "*")]), Answer::NotModified);
-        assert_eq!(eval(&[("if-none-match", "\"other\"")]), Answer::Send(RangeRequest::Whole));
-        assert_eq!(eval(&[("if-none-match", "3e8-17-2a")]), Answer::Send(RangeRequest::Whole), "unquoted");
-        assert_eq!(eval(&[("if-none-match", "\"3e8-17-2a")]), Answer::Send(RangeRequest::Whole), "unterminated");
+        assert_eq!(eval(&[("if-none-match", TAG)]), Verdict::NotModified);
+        assert_eq!(eval(&[("if-none-match", "W/\"3e8-17-2a\"")]), Verdict::NotModified, "weak comparison");
+        assert_eq!(eval(&[("if-none-match", "\"x\", \"3e8-17-2a\"")]), Verdict::NotModified);
+        assert_eq!(eval(&[("if-none-match", "\"x\""), ("if-none-match", TAG)]), Verdict::NotModified);
+        assert_eq!(eval(&[("if-none-match", "*")]), Verdict::NotModified);
+        assert_eq!(eval(&[("if-none-match", "\"other\"")]), Verdict::Send(RangeRequest::Whole));
+        assert_eq!(eval(&[("if-none-match", "3e8-17-2a")]), Verdict::Send(RangeRequest::Whole), "unquoted");
+        assert_eq!(eval(&[("if-none-match", "\"3e8-17-2a")]), Verdict::Send(RangeRequest::Whole), "unterminated");
         // A present If-None-Match overrides If-Modified-Since.
         let later = "Wed, 15 Nov 2023 00:00:00 GMT";
         assert_eq!(
             eval(&[("if-none-match", "\"other\""), ("if-modified-since", later)]),
-            Answer::Send(RangeRequest::Whole)
+            Verdict::Send(RangeRequest::Whole)
         );
     }
 
     #[test]
     fn if_modified_since() {
-        assert_eq!(eval(&[("if-modified-since", DATE)]), Answer::NotModified);
-        assert_eq!(eval(&[("if-modified-since", "Wed, 15 Nov 2023 00:00:00 GMT")]), Answer::NotModified);
+        assert_eq!(eval(&[("if-modified-since", DATE)]), Verdict::NotModified);
+        assert_eq!(eval(&[("if-modified-since", "Wed, 15 Nov 2023 00:00:00 GMT")]), Verdict::NotModified);
         let earlier = "Tue, 14 Nov 2023 22:13:19 GMT";
-        assert_eq!(eval(&[("if-modified-since", earlier)]), Answer::Send(RangeRequest::Whole));
-        assert_eq!(eval(&[("if-modified-since", "yesterday")]), Answer::Send(RangeRequest::Whole));
+        assert_eq!(eval(&[("if-modified-since", earlier)]), Verdict::Send(RangeRequest::Whole));
+        assert_eq!(eval(&[("if-modified-since", "yesterday")]), Verdict::Send(RangeRequest::Whole));
     }
 
     #[test]
     fn if_range() {
-        let part = Answer::Send(RangeRequest::Partial { start: 0, end: 9 });
-        let whole = Answer::Send(RangeRequest::Whole);
+        let part = Verdict::Send(RangeRequest::Partial { start: 0, end: 9 });
+        let whole = Verdict::Send(RangeRequest::Whole);
         assert_eq!(eval(&[("range", "bytes=0-9")]), part);
         assert_eq!(eval(&[("range", "bytes=0-9"), ("if-range", TAG)]), part);
         assert_eq!(eval(&[("range", "bytes=0-9"), ("if-range", "\"other\"")]), whole);

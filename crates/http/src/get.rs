@@ -1,7 +1,9 @@
 //! `GET` and `HEAD /files/<path>`: one file, whole or a single range, with
 //! its validators; 304 when the client's copy is current.
 
+use std::fs::File;
 use std::io;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -12,11 +14,12 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use ferry_files::{FileMeta, SafeName};
+use bytes::Bytes;
+use ferry_files::{FileMeta, FileStore, SafeName};
 use http_body_util::Full;
 
 use crate::blocking::run_blocking;
-use crate::conditional::{self, Answer};
+use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
 use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole};
 use crate::file_stream::FileStream;
@@ -37,64 +40,101 @@ pub async fn get_file(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let name = name_from_path(uri.path())?;
+    let headers = Arc::new(headers);
+    let head = method == Method::HEAD;
+    let whole_max = state.limits().whole_file_max_bytes.min(MAX_WHOLE_FILE_BYTES);
     for _ in 0..MAX_ATTEMPTS {
-        let store = state.store().clone();
-        let stat_name = name.clone();
-        let meta = run_blocking(move || store.stat(&stat_name)).await?.map_err(HttpError::from_read)?;
-        let (status, start, end) = match conditional::evaluate(&headers, &meta, SystemTime::now()) {
-            Answer::NotModified => return Ok(not_modified(&meta)),
-            Answer::Send(RangeRequest::Unsatisfiable) => return Ok(unsatisfiable(&meta)),
-            Answer::Send(RangeRequest::Whole) => (StatusCode::OK, 0, meta.size),
-            Answer::Send(RangeRequest::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+        let (store, n, h) = (state.store().clone(), name.clone(), headers.clone());
+        let (meta, answer) = match run_blocking(move || look(&store, &n, &h, head, whole_max)).await?? {
+            Look::Changed => continue,
+            Look::NotModified(meta) => return Ok(not_modified(&meta)),
+            Look::Unsatisfiable(meta) => return Ok(unsatisfiable(&meta)),
+            Look::Send(meta, answer) => (meta, answer),
         };
+        let Answer { status, start, end, content } = answer;
         let head = file_headers(&name, &meta, status, start, end);
-        if method == Method::HEAD {
-            return Ok((status, head, Body::empty()).into_response());
-        }
-        if let Some(body) = body(&state, &name, &meta, start, end).await? {
-            return Ok((status, head, body).into_response());
-        }
-        // The file changed between the stat and the read: look again.
+        let transfers = state.metrics().transfers();
+        let body = match content {
+            Content::Nothing => Body::empty(),
+            Content::Whole(bytes) => {
+                let guard = transfers.begin(TransferKind::Download, name.as_str(), Some(end - start));
+                Body::new(TrackedBody::new(Full::new(bytes), guard))
+            }
+            Content::Stream(file) => {
+                let guard = transfers.begin(TransferKind::Download, name.as_str(), Some(end - start));
+                Body::new(TrackedBody::new(FileStream::new(file, meta.etag.clone(), start, end), guard))
+            }
+        };
+        return Ok((status, head, body).into_response());
     }
     Err(HttpError::Unavailable(format!("{name} keeps changing while being read; try again")))
 }
 
-/// The body for bytes `start..end` of the version `meta`, or `None` if the
-/// file is no longer that version.
-async fn body(
-    state: &HttpState,
-    name: &SafeName,
-    meta: &FileMeta,
+/// What one look at the disk found.
+enum Look {
+    NotModified(FileMeta),
+    Unsatisfiable(FileMeta),
+    Send(FileMeta, Answer),
+    /// The file changed between its stat and its read: look again.
+    Changed,
+}
+
+/// A 200 or 206: bytes `start..end` of the file.
+struct Answer {
+    status: StatusCode,
     start: u64,
     end: u64,
-) -> Result<Option<Body>, HttpError> {
-    let transfers = state.metrics().transfers().clone();
-    let store = state.store().clone();
-    let (name, meta) = (name.clone(), meta.clone());
-    if meta.size <= state.limits().whole_file_max_bytes.min(MAX_WHOLE_FILE_BYTES) {
-        let (n, m) = (name.clone(), meta.clone());
-        let bytes = match run_blocking(move || load_whole(&store, &n, &m)).await? {
+    content: Content,
+}
+
+enum Content {
+    /// HEAD.
+    Nothing,
+    /// Exactly bytes `start..end`, sliced from a whole-file read.
+    Whole(Bytes),
+    /// The file, opened as the version stat saw, to stream from.
+    Stream(File),
+}
+
+/// Everything a GET or HEAD needs from the disk, in one blocking call: the
+/// stat, the conditional headers, and the read (whole) or open (streamed).
+fn look(
+    store: &FileStore,
+    name: &SafeName,
+    headers: &HeaderMap,
+    head: bool,
+    whole_max: u64,
+) -> Result<Look, HttpError> {
+    let meta = store.stat(name).map_err(HttpError::from_read)?;
+    let (status, start, end) = match conditional::evaluate(headers, &meta, SystemTime::now()) {
+        Verdict::NotModified => return Ok(Look::NotModified(meta)),
+        Verdict::Send(RangeRequest::Unsatisfiable) => return Ok(Look::Unsatisfiable(meta)),
+        Verdict::Send(RangeRequest::Whole) => (StatusCode::OK, 0, meta.size),
+        Verdict::Send(RangeRequest::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+    };
+    let content = if head {
+        Content::Nothing
+    } else if meta.size <= whole_max {
+        let bytes = match load_whole(store, name, &meta) {
             Ok(bytes) => bytes,
-            Err(e) if is_file_changed(&e) => return Ok(None),
+            Err(e) if is_file_changed(&e) => return Ok(Look::Changed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(HttpError::NotFound(name.to_string())),
             Err(e) => return Err(HttpError::Internal(format!("read {name}: {e}"))),
         };
         // `size <= MAX_WHOLE_FILE_BYTES`, so both ends fit a usize.
-        let (s, e) = (usize::try_from(start), usize::try_from(end));
-        let (Ok(s), Ok(e)) = (s, e) else {
+        let (Ok(s), Ok(e)) = (usize::try_from(start), usize::try_from(end)) else {
             return Err(HttpError::Internal(format!("range {start}..{end} of {name} does not fit memory")));
         };
         assert!(s <= e && e <= bytes.len(), "range {s}..{e} outside the {} bytes read", bytes.len());
-        let guard = transfers.begin(TransferKind::Download, name.as_str(), Some(end - start));
-        return Ok(Some(Body::new(TrackedBody::new(Full::new(bytes.slice(s..e)), guard))));
-    }
-    let open_name = name.clone();
-    let (file, opened) = run_blocking(move || store.open_file(&open_name)).await?.map_err(HttpError::from_read)?;
-    if opened.etag != meta.etag {
-        return Ok(None);
-    }
-    let guard = transfers.begin(TransferKind::Download, name.as_str(), Some(end - start));
-    Ok(Some(Body::new(TrackedBody::new(FileStream::new(file, opened.etag, start, end), guard))))
+        Content::Whole(bytes.slice(s..e))
+    } else {
+        let (file, opened) = store.open_file(name).map_err(HttpError::from_read)?;
+        if opened.etag != meta.etag {
+            return Ok(Look::Changed);
+        }
+        Content::Stream(file)
+    };
+    Ok(Look::Send(meta, Answer { status, start, end, content }))
 }
 
 /// Headers shared by every answer about a file.

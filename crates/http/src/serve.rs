@@ -35,6 +35,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// process of a live upgrade calls this path. Returns when every connection
 /// has closed, or when [`crate::HttpLimits::drain_timeout`] has passed and
 /// the rest were cut. Fails only if the listener itself is unusable.
+/// Dropping the returned future instead cuts every connection at once.
 pub async fn serve(
     listener: TcpListener,
     state: HttpState,
@@ -46,6 +47,8 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tracker = TaskTracker::new();
     let shutdown = Shutdown::default();
+    // If this future is dropped instead of stopped, connections end with it.
+    let _cut_on_drop = shutdown.cut.clone().drop_guard();
     tokio::pin!(stop);
 
     let result = loop {

@@ -186,5 +186,7 @@ async fn other_methods_are_refused() {
     f.put("x", b"x");
     let r = f.send(request("DELETE", "/files/x", &[], Body::empty())).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let allow = r.header("allow").unwrap();
+    assert!(["GET", "HEAD", "PUT"].iter().all(|m| allow.contains(m)), "{allow}");
     assert!(f.store.root().join("x").exists());
 }

@@ -241,6 +241,21 @@ async fn slow_headers_and_idle_keep_alive_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_head_is_431() {
+    let server = start(HttpLimits { max_header_bytes: 16 << 10, ..HttpLimits::default() }).await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n", "a".repeat(32 << 10));
+    s.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_head(&mut s).await.0, 431);
+
+    // Within the bound it is served.
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n", "a".repeat(8 << 10));
+    s.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_head(&mut s).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_reader_is_cut_after_the_idle_timeout() {
     let server = start(HttpLimits { idle_timeout: Duration::from_millis(300), ..HttpLimits::default() }).await;
     let data = pattern(64 << 20);
@@ -339,4 +354,15 @@ async fn the_drain_timeout_cuts_what_is_left() {
     server.finished().await;
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(metrics.connections_open(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_serve_cuts_its_connections() {
+    let server = start(HttpLimits::default()).await;
+    server.f.put("long.bin", &pattern(48 << 20));
+    let mut s = get_raw(server.addr, "/files/long.bin").await;
+    assert_eq!(read_head(&mut s).await.0, 200);
+    server.task.abort();
+    let metrics = server.f.state.metrics().clone();
+    eventually("the connection is cut", WAIT, || metrics.connections_open() == 0).await;
 }
