@@ -52,7 +52,7 @@ pub async fn get_file(
             Look::Send(meta, answer) => (meta, answer),
         };
         let Answer { status, start, end, content } = answer;
-        let head = file_headers(&name, &meta, status, start, end);
+        let file_head = file_headers(&name, &meta, status, start, end);
         let transfers = state.metrics().transfers();
         let body = match content {
             Content::Nothing => Body::empty(),
@@ -65,7 +65,7 @@ pub async fn get_file(
                 Body::new(TrackedBody::new(FileStream::new(file, meta.etag.clone(), start, end), guard))
             }
         };
-        return Ok((status, head, body).into_response());
+        return Ok((status, file_head, body).into_response());
     }
     Err(HttpError::Unavailable(format!("{name} keeps changing while being read; try again")))
 }
