@@ -1,0 +1,130 @@
+//! Whole-file reads: the one place the gateway reads a file into memory.
+//!
+//! Files up to [`crate::HttpLimits::whole_file_max_bytes`] are served from
+//! one `Bytes` (ranges are `Bytes::slice`, no copy). Every such read goes
+//! through [`load_whole`], so putting the shared byte-bounded cache in front
+//! of this single function puts it in front of every small-file response.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use bytes::Bytes;
+use ferry_files::{Etag, FileMeta, FileStore, SafeName, StoreError};
+
+/// Hard bound on one whole-file read, whatever the configuration says: it
+/// is a single allocation.
+pub const MAX_WHOLE_FILE_BYTES: u64 = 1 << 30;
+
+/// The file on disk is not (or no longer) the version the caller expected;
+/// the caller should look again rather than send a mix of two versions.
+#[derive(Debug, thiserror::Error)]
+#[error("file changed while being read")]
+pub struct FileChanged;
+
+/// Whether `e` is a [`FileChanged`].
+pub fn is_file_changed(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<FileChanged>())
+}
+
+/// Reads the whole of `name`, which the caller has seen as `meta`. Fails
+/// with [`FileChanged`] if the file is another version (etag) than `meta`
+/// when opened, or becomes one while being read, so the bytes returned are
+/// exactly the version `meta.etag` names: safe to cache under that etag.
+///
+/// Blocking; call it from a blocking thread.
+pub fn load_whole(store: &FileStore, name: &SafeName, meta: &FileMeta) -> io::Result<Bytes> {
+    if meta.size > MAX_WHOLE_FILE_BYTES {
+        let msg = format!("{name} is {} bytes, over the whole-read bound of {MAX_WHOLE_FILE_BYTES}", meta.size);
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+    }
+    let (file, opened) = store.open_file(name).map_err(store_to_io)?;
+    if opened.etag != meta.etag {
+        return Err(io::Error::other(FileChanged));
+    }
+    let len = usize::try_from(meta.size).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, 0).map_err(shrunk_is_changed)?;
+    ensure_unchanged(&file, &meta.etag)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Fails with [`FileChanged`] if the open file is no longer the version
+/// `etag` names: an in-place write changes its mtime (and maybe size). A
+/// replace-by-rename does not affect an open descriptor at all.
+pub fn ensure_unchanged(file: &File, etag: &Etag) -> io::Result<()> {
+    if Etag::from_metadata(&file.metadata()?) == *etag { Ok(()) } else { Err(io::Error::other(FileChanged)) }
+}
+
+/// A read that hits the end early means the file was truncated under us.
+pub fn shrunk_is_changed(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::other(FileChanged) } else { e }
+}
+
+/// Keeps "not found" recognisable; everything else is an I/O failure.
+fn store_to_io(e: StoreError) -> io::Error {
+    match e {
+        StoreError::NotFound(_) | StoreError::NotAFile(_) | StoreError::Escapes(_) => {
+            io::Error::new(io::ErrorKind::NotFound, e.to_string())
+        }
+        StoreError::Io { source, context } => io::Error::new(source.kind(), format!("{context}: {source}")),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_files::DEFAULT_MAX_NAME_BYTES;
+    use std::fs;
+    use std::io::Write;
+
+    fn setup() -> (tempfile::TempDir, FileStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(&dir.path().join("root"), &dir.path().join("up")).unwrap();
+        (dir, store)
+    }
+
+    fn n(s: &str) -> SafeName {
+        SafeName::parse(s, DEFAULT_MAX_NAME_BYTES).unwrap()
+    }
+
+    #[test]
+    fn loads_the_version_seen() {
+        let (_d, store) = setup();
+        fs::write(store.root().join("a"), b"hello world").unwrap();
+        let meta = store.stat(&n("a")).unwrap();
+        assert_eq!(load_whole(&store, &n("a"), &meta).unwrap(), Bytes::from_static(b"hello world"));
+
+        // Replaced after the stat: refused rather than served under the old etag.
+        fs::write(store.root().join("b.tmp"), b"HELLO").unwrap();
+        fs::rename(store.root().join("b.tmp"), store.root().join("a")).unwrap();
+        let e = load_whole(&store, &n("a"), &meta).unwrap_err();
+        assert!(is_file_changed(&e), "{e}");
+
+        let e = load_whole(&store, &n("missing"), &meta).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(!is_file_changed(&e));
+    }
+
+    #[test]
+    fn in_place_change_is_detected() {
+        let (_d, store) = setup();
+        let path = store.root().join("f");
+        fs::write(&path, b"0123456789").unwrap();
+        let (file, meta) = store.open_file(&n("f")).unwrap();
+        ensure_unchanged(&file, &meta.etag).unwrap();
+        let mut w = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        w.write_all(b"more").unwrap();
+        assert!(is_file_changed(&ensure_unchanged(&file, &meta.etag).unwrap_err()));
+    }
+
+    #[test]
+    fn bounded() {
+        let (_d, store) = setup();
+        fs::write(store.root().join("a"), b"x").unwrap();
+        let mut meta = store.stat(&n("a")).unwrap();
+        meta.size = MAX_WHOLE_FILE_BYTES + 1;
+        assert_eq!(load_whole(&store, &n("a"), &meta).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,38 @@
+//! ferry's HTTP gateway: the file store over HTTP/1.1 (ranges, etags,
+//! conditional requests, atomic uploads), a JSON API, Prometheus metrics and
+//! a dashboard page. See docs/http.md.
+//!
+//! The runtime builds an [`HttpState`] and either mounts [`router`] itself or
+//! hands a listener to [`serve`], which also drains connections when a live
+//! upgrade moves the listening socket away.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod api;
+mod blocking;
+pub mod conditional;
+mod connection;
+mod counting_io;
+mod dashboard;
+mod error;
+pub mod file_body;
+mod file_stream;
+mod get;
+pub mod metrics;
+pub mod path;
+mod prometheus;
+mod put;
+pub mod range;
+mod router;
+mod serve;
+mod state;
+mod temp_upload;
+mod tracked_body;
+pub mod transfers;
+
+pub use error::HttpError;
+pub use file_body::{FileChanged, load_whole};
+pub use metrics::{HttpMetrics, MetricsSnapshot};
+pub use router::router;
+pub use serve::serve;
+pub use state::{HttpLimits, HttpState, StatusSource};
+pub use transfers::{TransferInfo, TransferKind};
