@@ -63,6 +63,14 @@ pub struct TransferConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub port: u16,
+    /// Open connections; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Largest `PUT` body (413 beyond).
+    pub max_upload_bytes: u64,
+    /// A connection on which nothing moves for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Longest wait for a request's head (also bounds idle keep-alive).
+    pub header_read_timeout_secs: u64,
 }
 
 /// The memcached-protocol kv service.
@@ -154,7 +162,14 @@ impl Default for TransferConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { enabled: true, port: 7080 }
+        HttpConfig {
+            enabled: true,
+            port: 7080,
+            max_connections: 1024,
+            max_upload_bytes: 1 << 40,
+            idle_timeout_secs: 60,
+            header_read_timeout_secs: 30,
+        }
     }
 }
 

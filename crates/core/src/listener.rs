@@ -14,6 +14,7 @@ use crate::pause::PauseSignal;
 use crate::registry::Registry;
 use crate::service::Service;
 use crate::session::{SessionCtx, SessionEnd};
+use crate::status::Status;
 
 /// A paused session whose state is already serialized: what the runtime
 /// keeps, and what a live upgrade hands to the next process.
@@ -37,7 +38,13 @@ pub struct LoopCtx {
     /// been delivered), so a pause knows when every session is accounted
     /// for.
     pub live: Arc<AtomicUsize>,
+    /// The server's status as `ferry status --json` reports it, for
+    /// services that show it themselves (the HTTP dashboard).
+    pub status: StatusFn,
 }
+
+/// Builds the server's current [`Status`].
+pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 
 /// Decrements the live-task count when a session task ends, however it ends.
 struct LiveGuard(Arc<AtomicUsize>);

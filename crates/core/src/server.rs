@@ -145,23 +145,30 @@ impl Server {
         let (parked_tx, parked_rx) = mpsc::unbounded_channel();
         let registry = Registry::new();
         let pause = PauseTrigger::new();
-        let ctx = LoopCtx {
-            registry: registry.clone(),
-            pause: pause.signal(),
-            parked: parked_tx,
-            live: Arc::new(AtomicUsize::new(0)),
-        };
         let (upgrade_tx, mut upgrade_rx) = mpsc::channel::<UpgradeRequest>(4);
         let stop = Arc::new(Notify::new());
         let admin_state = Arc::new(AdminState {
             config: self.config.clone(),
-            registry,
+            registry: registry.clone(),
             listeners: Mutex::new(BTreeMap::new()),
             started,
             stop: stop.clone(),
             upgrades: upgrade_tx,
             history: Mutex::new(Vec::new()),
         });
+        let ctx = LoopCtx {
+            registry: registry.clone(),
+            pause: pause.signal(),
+            parked: parked_tx,
+            live: Arc::new(AtomicUsize::new(0)),
+            status: {
+                let admin = Arc::downgrade(&admin_state);
+                Arc::new(move || match admin.upgrade() {
+                    Some(admin) => admin.status(),
+                    None => admin_gone_status(),
+                })
+            },
+        };
         let mut rt = Runtime {
             config: self.config.clone(),
             data: self.data.clone(),
@@ -455,5 +462,24 @@ async fn admin_request(data: &std::path::Path, req: &AdminRequest) -> io::Result
 async fn futures_join_all(futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
     for f in futures {
         f.await;
+    }
+}
+
+/// What a status request answers while the server is being torn down.
+fn admin_gone_status() -> Status {
+    Status {
+        pid: std::process::id(),
+        version: version().to_string(),
+        started_unix_ms: 0,
+        uptime_secs: 0,
+        data_dir: String::new(),
+        root: String::new(),
+        listeners: BTreeMap::new(),
+        connections: 0,
+        sessions: Vec::new(),
+        transfers: Vec::new(),
+        recent_transfers: Vec::new(),
+        counters: Default::default(),
+        upgrades: Vec::new(),
     }
 }

@@ -1,11 +1,13 @@
 //! `ferry serve`: bind every enabled service, publish the addresses, serve.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use ferry_core::data_dir::DataDir;
 use ferry_core::server::Server;
 use ferry_files::FileStore;
+use ferry_http::{HttpEntry, HttpLimits};
 use ferry_kv::KvService;
 use ferry_transfer::TransferService;
 
@@ -42,10 +44,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         server.add_service(kv, config.kv.port, config.kv.max_connections);
         services += 1;
     }
-    for (name, enabled) in [("http", config.http.enabled), ("sync", config.sync.enabled)] {
-        if enabled {
-            tracing::debug!("the {name} service is not part of this release yet");
-        }
+    if config.http.enabled {
+        let limits = HttpLimits {
+            max_upload_bytes: config.http.max_upload_bytes,
+            max_connections: config.http.max_connections,
+            idle_timeout: Duration::from_secs(config.http.idle_timeout_secs),
+            header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
+            drain_timeout: Duration::from_secs(config.upgrade.drain_secs),
+            ..HttpLimits::default()
+        };
+        server.add_entry(Arc::new(HttpEntry::new(config.http.port, store.clone(), limits, None)));
+        services += 1;
+    }
+    if config.sync.enabled {
+        tracing::debug!("the sync service is not part of this release yet");
     }
     if services == 0 {
         anyhow::bail!("every service is disabled; nothing to serve");

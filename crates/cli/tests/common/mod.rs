@@ -322,6 +322,41 @@ impl Server {
         Server { child, data, addr, extra: extra.iter().map(|s| s.to_string()).collect() }
     }
 
+    /// Starts a server with the HTTP gateway on a free port as well as the
+    /// transfer service; find it with [`Server::http_addr`].
+    pub fn start_http(dir: &Path, extra: &[&str]) -> Server {
+        let data = dir.join("data");
+        let _ = std::fs::remove_file(data.join("listen.json"));
+        let log = std::fs::create_dir_all(&data)
+            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
+            .expect("open server log");
+        let child = ferry()
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--transfer-port", "0", "--http-port", "0", "--no-kv", "--no-sync"])
+            .args(extra)
+            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry serve");
+        let listen = data.join("listen.json");
+        let (addr, _) = wait_for("listen.json with http", DEADLINE, || {
+            let text = std::fs::read_to_string(&listen).ok()?;
+            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
+            Some((map["transfer"].as_str()?.to_string(), map["http"].as_str()?.to_string()))
+        });
+        Server { child, data, addr, extra: extra.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// `127.0.0.1:PORT` of the HTTP gateway, from `listen.json`.
+    pub fn http_addr(&self) -> String {
+        let text = std::fs::read_to_string(self.data.join("listen.json")).expect("read listen.json");
+        let map: serde_json::Value = serde_json::from_str(&text).expect("parse listen.json");
+        map["http"].as_str().expect("listen.json has no http address (started without http?)").to_string()
+    }
+
     /// `127.0.0.1:PORT` of the kv service, from `listen.json`.
     pub fn kv_addr(&self) -> String {
         let text = std::fs::read_to_string(self.data.join("listen.json")).expect("read listen.json");
