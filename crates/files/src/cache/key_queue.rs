@@ -95,6 +95,11 @@ impl<V: Copy> KeyQueue<V> {
         (self.back != NIL).then(|| (self.nodes[self.back].key, &self.nodes[self.back].value))
     }
 
+    /// The newest element, left in place.
+    pub fn front(&self) -> Option<(PolicyKey, &V)> {
+        (self.front != NIL).then(|| (self.nodes[self.front].key, &self.nodes[self.front].value))
+    }
+
     pub fn remove(&mut self, key: PolicyKey) -> Option<V> {
         let i = self.index.remove(&key)?;
         self.unlink(i);
@@ -177,6 +182,7 @@ mod tests {
         assert_eq!(q.remove(3), Some(30));
         assert_eq!(q.remove(3), None);
         assert_eq!(q.back(), Some((1, &10)));
+        assert_eq!(q.front(), Some((2, &20)));
         assert_eq!(q.pop_back(), Some((1, 10)));
         assert_eq!(keys(&q), [4, 2]);
         *q.get_mut(4).unwrap() = 7;
