@@ -29,6 +29,7 @@ pub struct Config {
     pub kv: KvConfig,
     pub sync: SyncConfig,
     pub upgrade: UpgradeConfig,
+    pub cache: CacheSection,
 }
 
 /// The native transfer service (GET/PUT/LIST).
@@ -115,6 +116,19 @@ pub struct SyncConfig {
     pub push_port: u16,
 }
 
+/// The in-memory file cache shared by the native GET and HTTP. Plain values
+/// here (core depends on no service crate); the files crate parses `policy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Hard bound on the bytes of cached file contents.
+    pub max_bytes: u64,
+    /// Larger files are never cached.
+    pub max_item_bytes: u64,
+    /// `s3fifo` (scan-resistant), `lru` or `fifo`.
+    pub policy: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpgradeConfig {
@@ -138,6 +152,7 @@ impl Default for Config {
             kv: KvConfig::default(),
             sync: SyncConfig::default(),
             upgrade: UpgradeConfig::default(),
+            cache: CacheSection::default(),
         }
     }
 }
@@ -193,6 +208,12 @@ impl Default for KvConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig { enabled: true, port: 7071, push_port: 7072 }
+    }
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection { max_bytes: 64 * MIB, max_item_bytes: 8 * MIB, policy: "s3fifo".to_string() }
     }
 }
 
@@ -289,6 +310,15 @@ mod tests {
         assert_eq!(config.transfer.port, 9000);
         assert_eq!(config.transfer.window_bytes, 8 * MIB);
         assert_eq!(config.data, PathBuf::from("ferry-data"));
+    }
+
+    #[test]
+    fn cache_section_defaults_and_overrides() {
+        let config: Config = toml::from_str("[cache]\npolicy = \"lru\"\n").unwrap();
+        assert_eq!(config.cache.policy, "lru");
+        assert_eq!((config.cache.max_bytes, config.cache.max_item_bytes), (64 * MIB, 8 * MIB));
+        assert_eq!(Config::default().cache.policy, "s3fifo");
+        assert!(toml::from_str::<Config>("[cache]\nmax_byte = 1\n").is_err());
     }
 
     #[test]

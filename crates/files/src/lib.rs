@@ -3,10 +3,13 @@
 //! Validated names ([`SafeName`]), a root-confined [`FileStore`] with durable
 //! atomic commits and resumable staged uploads, and BLAKE3 hashing that can
 //! be checkpointed mid-upload ([`ResumableHash`]) or cached per file version
-//! ([`HashCache`]). Synchronous std code; callers wrap it as they see fit.
+//! ([`HashCache`]). Synchronous std code; callers wrap it as they see fit,
+//! except for the byte-bounded [`FileCache`] of file contents, whose single
+//! flight for concurrent misses is async.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod atomic;
+pub mod cache;
 pub mod etag;
 pub mod hash_cache;
 pub mod name;
@@ -15,6 +18,7 @@ pub mod store;
 pub mod upload;
 
 pub use atomic::{commit_file, fsync_dir, write_atomic};
+pub use cache::{CacheConfig, CacheEntryInfo, CachePolicyKind, CacheRead, CacheSnapshot, FileCache};
 pub use etag::Etag;
 pub use hash_cache::{HashCache, hash_file};
 pub use name::{DEFAULT_MAX_NAME_BYTES, MAX_COMPONENT_BYTES, NameError, RESERVED_PREFIX, SafeName};
