@@ -22,6 +22,8 @@ pub enum Command {
     Put(PutArgs),
     /// List the server's files
     Ls(LsArgs),
+    /// Show the server's file cache: entries (next to be evicted first), hit ratios, evictions
+    Cache(LsArgs),
     /// Show a running server's pid, version, listeners, connections and transfers
     Status(StatusArgs),
     /// Replace the running server with a new executable; every connection and transfer carries on

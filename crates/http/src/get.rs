@@ -15,7 +15,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use ferry_files::{FileMeta, FileStore, SafeName};
+use ferry_files::{FileCache, FileMeta, FileStore, SafeName};
 use http_body_util::Full;
 
 use crate::blocking::run_blocking;
@@ -44,9 +44,28 @@ pub async fn get_file(
     let head = method == Method::HEAD;
     let whole_max = state.limits().whole_file_max_bytes.min(MAX_WHOLE_FILE_BYTES);
     for _ in 0..MAX_ATTEMPTS {
-        let (store, n, h) = (state.store().clone(), name.clone(), headers.clone());
-        let (meta, answer) = match run_blocking(move || look(&store, &n, &h, head, whole_max)).await?? {
+        let (store, n, h, cache) = (state.store().clone(), name.clone(), headers.clone(), state.cache().cloned());
+        let looked = run_blocking(move || look(&store, cache.as_deref(), &n, &h, head, whole_max)).await??;
+        let (meta, answer) = match looked {
             Look::Changed => continue,
+            Look::Load(meta, status, start, end) => {
+                let Some(cache) = state.cache() else { continue };
+                let (store, n, m) = (state.store().clone(), name.clone(), meta.clone());
+                let load = move || async move {
+                    run_blocking(move || load_whole(&store, &n, &m))
+                        .await
+                        .map_err(|e| io::Error::other(e.to_string()))?
+                };
+                let read = match cache.get_or_load(name.as_str(), &meta.etag, meta.size, load).await {
+                    Ok(read) => read,
+                    Err(e) if is_file_changed(&e) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(HttpError::NotFound(name.to_string())),
+                    Err(e) => return Err(HttpError::Internal(format!("read {name}: {e}"))),
+                };
+                state.metrics().record_cache_read(read.hit);
+                let content = Content::Whole(slice(&name, &read.bytes, start, end)?);
+                (meta, Answer { status, start, end, content })
+            }
             Look::NotModified(meta) => return Ok(not_modified(&meta)),
             Look::Unsatisfiable(meta) => return Ok(unsatisfiable(&meta)),
             Look::Send(meta, answer) => (meta, answer),
@@ -77,6 +96,8 @@ enum Look {
     Send(FileMeta, Answer),
     /// The file changed between its stat and its read: look again.
     Changed,
+    /// A file the cache admits: bytes `start..end` from it (loaded on a miss).
+    Load(FileMeta, StatusCode, u64, u64),
 }
 
 /// A 200 or 206: bytes `start..end` of the file.
@@ -100,6 +121,7 @@ enum Content {
 /// stat, the conditional headers, and the read (whole) or open (streamed).
 fn look(
     store: &FileStore,
+    cache: Option<&FileCache>,
     name: &SafeName,
     headers: &HeaderMap,
     head: bool,
@@ -114,6 +136,9 @@ fn look(
     };
     let content = if head {
         Content::Nothing
+    } else if cache.is_some_and(|c| c.admits(meta.size)) {
+        // Hit or miss, the cache answers (and counts) it in one call.
+        return Ok(Look::Load(meta, status, start, end));
     } else if meta.size <= whole_max {
         let bytes = match load_whole(store, name, &meta) {
             Ok(bytes) => bytes,
@@ -121,12 +146,7 @@ fn look(
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(HttpError::NotFound(name.to_string())),
             Err(e) => return Err(HttpError::Internal(format!("read {name}: {e}"))),
         };
-        // `size <= MAX_WHOLE_FILE_BYTES`, so both ends fit a usize.
-        let (Ok(s), Ok(e)) = (usize::try_from(start), usize::try_from(end)) else {
-            return Err(HttpError::Internal(format!("range {start}..{end} of {name} does not fit memory")));
-        };
-        assert!(s <= e && e <= bytes.len(), "range {s}..{e} outside the {} bytes read", bytes.len());
-        Content::Whole(bytes.slice(s..e))
+        Content::Whole(slice(name, &bytes, start, end)?)
     } else {
         let (file, opened) = store.open_file(name).map_err(HttpError::from_read)?;
         if opened.etag != meta.etag {
@@ -135,6 +155,18 @@ fn look(
         Content::Stream(file)
     };
     Ok(Look::Send(meta, Answer { status, start, end, content }))
+}
+
+/// Bytes `start..end` of a whole-file read, without a copy.
+fn slice(name: &SafeName, bytes: &Bytes, start: u64, end: u64) -> Result<Bytes, HttpError> {
+    // The file fits memory, so both ends fit a usize.
+    let (Ok(s), Ok(e)) = (usize::try_from(start), usize::try_from(end)) else {
+        return Err(HttpError::Internal(format!("range {start}..{end} of {name} does not fit memory")));
+    };
+    if s > e || e > bytes.len() {
+        return Err(HttpError::Internal(format!("range {s}..{e} outside the {} bytes read of {name}", bytes.len())));
+    }
+    Ok(bytes.slice(s..e))
 }
 
 /// Headers shared by every answer about a file.

@@ -90,6 +90,9 @@ pub async fn put_file(
     let (tmp_path, commit_name) = (temp.path().to_owned(), name.clone());
     let meta = run_blocking(move || store.commit(&tmp_path, &commit_name)).await?.map_err(HttpError::from_write)?;
     temp.committed();
+    if let Some(cache) = state.cache() {
+        cache.invalidate(name.as_str());
+    }
     assert_eq!(meta.size, written, "committed file is not what was received");
 
     let status = if existed { StatusCode::NO_CONTENT } else { StatusCode::CREATED };

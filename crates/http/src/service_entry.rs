@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use ferry_core::listener::LoopCtx;
 use ferry_core::service_table::{DecodedState, ServiceEntry};
-use ferry_files::FileStore;
+use ferry_files::{FileCache, FileStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -32,6 +32,7 @@ pub struct HttpEntry {
     port: u16,
     store: Arc<FileStore>,
     limits: HttpLimits,
+    cache: Option<Arc<FileCache>>,
     extra: Option<ExtraStatus>,
     /// Built at the first start (it needs the runtime's status) and kept
     /// across rollbacks, so metrics keep counting.
@@ -42,8 +43,16 @@ pub struct HttpEntry {
 }
 
 impl HttpEntry {
-    pub fn new(port: u16, store: Arc<FileStore>, limits: HttpLimits, extra: Option<ExtraStatus>) -> HttpEntry {
-        HttpEntry { port, store, limits, extra, state: OnceLock::new(), serving: Mutex::new(Vec::new()) }
+    /// `cache`: whole-file reads go through it (shared with the native
+    /// GET). `extra`: adds fields to the status the gateway shows.
+    pub fn new(
+        port: u16,
+        store: Arc<FileStore>,
+        limits: HttpLimits,
+        cache: Option<Arc<FileCache>>,
+        extra: Option<ExtraStatus>,
+    ) -> HttpEntry {
+        HttpEntry { port, store, limits, cache, extra, state: OnceLock::new(), serving: Mutex::new(Vec::new()) }
     }
 
     /// The gateway's shared state (metrics included), once it has started.
@@ -63,7 +72,7 @@ impl HttpEntry {
                     }
                     value
                 });
-                HttpState::new(self.store.clone(), self.limits.clone(), source)
+                HttpState::with_cache(self.store.clone(), self.limits.clone(), source, self.cache.clone())
             })
             .clone()
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_files::FileStore;
+use ferry_files::{FileCache, FileStore};
 
 use crate::metrics::HttpMetrics;
 
@@ -74,11 +74,28 @@ struct Shared {
     limits: HttpLimits,
     status: StatusSource,
     metrics: Arc<HttpMetrics>,
+    /// Whole-file reads go through it when set (shared with the native GET).
+    cache: Option<Arc<FileCache>>,
 }
 
 impl HttpState {
     pub fn new(store: Arc<FileStore>, limits: HttpLimits, status: StatusSource) -> HttpState {
-        HttpState { inner: Arc::new(Shared { store, limits, status, metrics: Arc::new(HttpMetrics::default()) }) }
+        HttpState::with_cache(store, limits, status, None)
+    }
+
+    /// As [`HttpState::new`], reading whole files through `cache`.
+    pub fn with_cache(
+        store: Arc<FileStore>,
+        limits: HttpLimits,
+        status: StatusSource,
+        cache: Option<Arc<FileCache>>,
+    ) -> HttpState {
+        let metrics = Arc::new(HttpMetrics::default());
+        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache }) }
+    }
+
+    pub fn cache(&self) -> Option<&Arc<FileCache>> {
+        self.inner.cache.as_ref()
     }
 
     pub fn store(&self) -> &Arc<FileStore> {

@@ -26,6 +26,8 @@ pub enum Request {
     Put { name: String, size: Option<u64>, id: Option<String> },
     /// `LIST`
     List,
+    /// `LIST CACHE`: the file cache's entries, next victim first.
+    ListCache,
     /// `DONE size=N blake3=HEX`: end of a PUT's data.
     Done { size: u64, blake3: String },
 }
@@ -43,10 +45,29 @@ pub enum Reply {
     Entry { name: String, size: u64, modified_unix_ms: u64, etag: String },
     /// `END count=N`: end of a LIST.
     End { count: u64 },
+    /// `CACHED name=<name> size=N hits=N age=MS`: one `LIST CACHE` line.
+    Cached { name: String, size: u64, hits: u64, age_ms: u64 },
+    /// `CACHEEND count=N policy=P bytes=N max=N hits=N misses=N hit_bytes=N
+    /// miss_bytes=N evictions=N`: end of a `LIST CACHE`, with the totals.
+    CacheEnd(CacheTotals),
     /// `PAUSED <reason>`: the server is pausing this transfer (upgrade).
     Paused { reason: String },
     /// `RESUMED version=V`: the transfer continues, served by version V.
     Resumed { version: String },
+}
+
+/// The totals closing a `LIST CACHE`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CacheTotals {
+    pub count: u64,
+    pub policy: String,
+    pub bytes_held: u64,
+    pub max_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub hit_bytes: u64,
+    pub miss_bytes: u64,
+    pub evictions: u64,
 }
 
 /// A tokenised INFO line.
@@ -124,6 +145,10 @@ impl Request {
                     id: line.get("id").map(str::to_string),
                 })
             }
+            "LIST" if line.words.first() == Some(&"CACHE") => {
+                line.only(&[], 1)?;
+                Ok(Request::ListCache)
+            }
             "LIST" => {
                 line.only(&[], 0)?;
                 Ok(Request::List)
@@ -161,6 +186,7 @@ impl fmt::Display for Request {
                 Ok(())
             }
             Request::List => write!(f, "LIST"),
+            Request::ListCache => write!(f, "LIST CACHE"),
             Request::Done { size, blake3 } => write!(f, "DONE size={size} blake3={blake3}"),
         }
     }
@@ -188,6 +214,27 @@ impl Reply {
                 })
             }
             "END" => Ok(Reply::End { count: line.req_num("count")? }),
+            "CACHED" => {
+                let raw = line.req_str("name")?;
+                let name = unescape(&raw).ok_or_else(|| CommandError(format!("malformed escape in {raw:?}")))?;
+                Ok(Reply::Cached {
+                    name,
+                    size: line.req_num("size")?,
+                    hits: line.req_num("hits")?,
+                    age_ms: line.req_num("age")?,
+                })
+            }
+            "CACHEEND" => Ok(Reply::CacheEnd(CacheTotals {
+                count: line.req_num("count")?,
+                policy: line.req_str("policy")?,
+                bytes_held: line.req_num("bytes")?,
+                max_bytes: line.req_num("max")?,
+                hits: line.req_num("hits")?,
+                misses: line.req_num("misses")?,
+                hit_bytes: line.req_num("hit_bytes")?,
+                miss_bytes: line.req_num("miss_bytes")?,
+                evictions: line.req_num("evictions")?,
+            })),
             "PAUSED" => Ok(Reply::Paused { reason: line.words.join(" ") }),
             "RESUMED" => Ok(Reply::Resumed { version: line.get("version").unwrap_or("").to_string() }),
             other => Err(CommandError(format!("unknown reply {:?}", truncate(other)))),
@@ -205,6 +252,14 @@ impl fmt::Display for Reply {
                 write!(f, "ENTRY name={} size={size} mtime={modified_unix_ms} etag={etag}", escape(name))
             }
             Reply::End { count } => write!(f, "END count={count}"),
+            Reply::Cached { name, size, hits, age_ms } => {
+                write!(f, "CACHED name={} size={size} hits={hits} age={age_ms}", escape(name))
+            }
+            Reply::CacheEnd(t) => write!(
+                f,
+                "CACHEEND count={} policy={} bytes={} max={} hits={} misses={} hit_bytes={} miss_bytes={} evictions={}",
+                t.count, t.policy, t.bytes_held, t.max_bytes, t.hits, t.misses, t.hit_bytes, t.miss_bytes, t.evictions
+            ),
             Reply::Paused { reason } => write!(f, "PAUSED {reason}"),
             Reply::Resumed { version } => write!(f, "RESUMED version={version}"),
         }
@@ -227,6 +282,7 @@ mod tests {
             Request::Put { name: "up".into(), size: Some(5), id: Some("ab".into()) },
             Request::Put { name: "up".into(), size: None, id: None },
             Request::List,
+            Request::ListCache,
             Request::Done { size: 3, blake3: "00ff".into() },
         ] {
             assert_eq!(Request::parse(&req.to_string()).unwrap(), req);
@@ -241,6 +297,18 @@ mod tests {
             Reply::Stored { size: 1, etag: "e".into(), blake3: "h".into() },
             Reply::Entry { name: "d/x y".into(), size: 1, modified_unix_ms: 2, etag: "e".into() },
             Reply::End { count: 4 },
+            Reply::Cached { name: "d/x y".into(), size: 5, hits: 6, age_ms: 7 },
+            Reply::CacheEnd(CacheTotals {
+                count: 1,
+                policy: "s3fifo".into(),
+                bytes_held: 5,
+                max_bytes: 64,
+                hits: 2,
+                misses: 3,
+                hit_bytes: 4,
+                miss_bytes: 5,
+                evictions: 6,
+            }),
             Reply::Paused { reason: "upgrading".into() },
             Reply::Resumed { version: "0.1.0".into() },
         ] {

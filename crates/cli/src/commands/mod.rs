@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod cache;
 mod config;
 mod get;
 mod ls;
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => get::run(args).await,
         Command::Put(args) => put::run(args).await,
         Command::Ls(args) => ls::run(args).await,
+        Command::Cache(args) => cache::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Upgrade(args) => upgrade::run(args).await,
         Command::Config(args) => config::run(args),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::data_dir::DataDir;
 use ferry_core::server::Server;
-use ferry_files::FileStore;
-use ferry_http::{HttpEntry, HttpLimits};
+use ferry_files::{CacheConfig, CachePolicyKind, FileCache, FileStore};
+use ferry_http::{ExtraStatus, HttpEntry, HttpLimits};
 use ferry_kv::KvService;
 use ferry_transfer::TransferService;
 
@@ -26,10 +26,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = FileStore::open(&root, &data.uploads())
         .with_context(|| format!("cannot open the file store at {}", root.display()))?;
     let store = Arc::new(store);
+    let cache = file_cache(&config)?;
 
     let mut services = 0;
     if config.transfer.enabled {
         let service = TransferService::new(store.clone(), config.transfer.clone());
+        service.use_cache(cache.clone());
         service.spawn_housekeeping();
         server.add_service(service, config.transfer.port, config.transfer.max_connections);
         services += 1;
@@ -53,7 +55,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(config.upgrade.drain_secs),
             ..HttpLimits::default()
         };
-        server.add_entry(Arc::new(HttpEntry::new(config.http.port, store.clone(), limits, None)));
+        let shown = cache.clone();
+        let extra: ExtraStatus = Arc::new(move |status| {
+            status.insert("cache".into(), serde_json::to_value(shown.snapshot()).unwrap_or_default());
+        });
+        let entry = HttpEntry::new(config.http.port, store.clone(), limits, Some(cache.clone()), Some(extra));
+        server.add_entry(Arc::new(entry));
         services += 1;
     }
     if config.sync.enabled {
@@ -64,4 +71,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     server.run().await?;
     Ok(())
+}
+
+/// The file cache the native GET and HTTP share, as `[cache]` configures it.
+fn file_cache(config: &ferry_core::Config) -> anyhow::Result<Arc<FileCache>> {
+    let policy: CachePolicyKind = config.cache.policy.parse().context("[cache] policy")?;
+    let cache = CacheConfig { max_bytes: config.cache.max_bytes, max_item_bytes: config.cache.max_item_bytes, policy };
+    Ok(Arc::new(FileCache::new(cache)))
 }

@@ -17,7 +17,7 @@ mod source;
 pub use connection::ClientConn;
 pub use error::ClientError;
 pub use get::{GetResult, GetTarget, get};
-pub use list::list;
+pub use list::{list, list_cache};
 pub use observer::{Observer, Silent};
 pub use put::{PutResult, PutSource, put};
 pub use resume_store::ResumeStore;

@@ -111,6 +111,7 @@ pub(super) async fn run(
             Err(step) => return step(conn),
         },
     };
+    let cached = cached_content(svc, &name, &etag, st.size, &file).await;
     if resumed {
         ctx.handle.begin_transfer(TransferKind::Get, &st.name, Some(st.size), st.start_offset);
         ctx.handle.progress(st.acked);
@@ -165,7 +166,15 @@ pub(super) async fn run(
         if reading.is_none() && st.sent < st.size && in_flight < window && (conn.pending_out() as u64) < 2 * chunk {
             let len = chunk.min(st.size - st.sent).min(window - in_flight) as usize;
             let (file, offset) = (file.clone(), st.sent);
-            reading = Some(tokio::task::spawn_blocking(move || read_chunk(&file, offset, len)));
+            reading = Some(match &cached {
+                // From memory: a slice of the cached file, no copy.
+                Some(bytes) => {
+                    let chunk = usize::try_from(offset).ok().and_then(|o| bytes.get(o..o + len).map(|_| (o, len)));
+                    let data = chunk.map(|(o, len)| bytes.slice(o..o + len)).unwrap_or_default();
+                    tokio::spawn(async move { Ok(data) })
+                }
+                None => tokio::task::spawn_blocking(move || read_chunk(&file, offset, len)),
+            });
         }
         let want_hash = st.sent == st.size && !st.done_sent && hashing.is_some();
         tokio::select! {
@@ -247,6 +256,46 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// The whole file from the shared cache (loading it there on a miss), if
+/// the server has a cache and it admits a file of this size. The bytes are
+/// exactly the version `etag` names: the load reads from the descriptor
+/// this GET opened and checks it is still that version. `None` means
+/// "read from the file", also when the load fails (the GET then meets the
+/// same failure on its own reads and reports it).
+async fn cached_content(
+    svc: &Arc<TransferService>,
+    name: &SafeName,
+    etag: &Etag,
+    size: u64,
+    file: &Arc<File>,
+) -> Option<Bytes> {
+    let cache = svc.cache()?;
+    if !cache.admits(size) {
+        return None;
+    }
+    let (file, expected) = (file.clone(), etag.clone());
+    let load = move || async move {
+        tokio::task::spawn_blocking(move || read_whole(&file, size, &expected)).await.map_err(std::io::Error::other)?
+    };
+    match cache.get_or_load(name.as_str(), etag, size, load).await {
+        Ok(read) => Some(read.bytes),
+        Err(e) => {
+            tracing::debug!("GET {name}: not cached ({e}); reading from the file");
+            None
+        }
+    }
+}
+
+/// Reads a whole file of `size` bytes that must still be version `etag`.
+fn read_whole(file: &File, size: u64, etag: &Etag) -> std::io::Result<Bytes> {
+    let len = usize::try_from(size).map_err(std::io::Error::other)?;
+    let bytes = read_chunk(file, 0, len)?;
+    if bytes.len() != len || Etag::from_metadata(&file.metadata()?) != *etag {
+        return Err(std::io::Error::other("the file changed while it was read into the cache"));
+    }
+    Ok(bytes)
 }
 
 /// Reopens a parked GET's file; it must be the same version.

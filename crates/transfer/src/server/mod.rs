@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ferry_core::config::TransferConfig;
 use ferry_core::{Conn, Service, SessionCtx, SessionEnd};
-use ferry_files::FileStore;
+use ferry_files::{FileCache, FileStore};
 
 pub use hashes::HashService;
 pub use state::{GetState, Phase, PutState, STATE_FORMAT, SessionState};
@@ -34,6 +34,8 @@ pub struct TransferService {
     hashes: Arc<HashService>,
     uploads: Arc<upload_leases::UploadLeases>,
     config: TransferConfig,
+    /// The file cache shared with HTTP, if the server runs one.
+    cache: std::sync::OnceLock<Arc<FileCache>>,
 }
 
 impl TransferService {
@@ -43,7 +45,18 @@ impl TransferService {
             hashes: Arc::new(HashService::new(HASH_CACHE_ENTRIES)),
             uploads: Arc::default(),
             config,
+            cache: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves GETs of files the cache admits from memory (set once, before
+    /// serving).
+    pub fn use_cache(&self, cache: Arc<FileCache>) {
+        let _ = self.cache.set(cache);
+    }
+
+    pub(crate) fn cache(&self) -> Option<&Arc<FileCache>> {
+        self.cache.get()
     }
 
     pub fn store(&self) -> &Arc<FileStore> {

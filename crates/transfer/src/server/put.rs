@@ -346,6 +346,11 @@ async fn finish(
     };
     let digest = hash.finalize();
     svc.hashes.insert(name, meta.etag.clone(), digest);
+    if let Some(cache) = svc.cache() {
+        // The old version's entry would be dropped at its next lookup (its
+        // etag no longer matches); free its memory now.
+        cache.invalidate(name.as_str());
+    }
     let stored = Reply::Stored { size, etag: meta.etag.to_string(), blake3: digest.to_hex().to_string() };
     queue_frame(conn, &Frame::Info(stored.to_string()));
     ctx.handle.set_size(size);

@@ -151,6 +151,7 @@ async fn dispatch(svc: &Arc<TransferService>, conn: &mut Conn, ctx: &mut Session
         Request::Get { name, offset, etag } => get::start(svc, conn, ctx, name, offset, etag).await,
         Request::Put { name, size, id } => put::start(svc, conn, ctx, name, size, id).await,
         Request::List => list::run(svc, conn).await,
+        Request::ListCache => list::run_cache(svc, conn),
         Request::Done { .. } => fail(conn, ErrorCode::BadCommand, "DONE outside a PUT"),
     }
 }
