@@ -155,6 +155,7 @@ impl Server {
             stop: stop.clone(),
             upgrades: upgrade_tx,
             history: Mutex::new(Vec::new()),
+            services: self.services.clone(),
         });
         let mut rt = Runtime {
             config: self.config.clone(),
@@ -343,6 +344,8 @@ pub(crate) struct AdminState {
     stop: Arc<Notify>,
     upgrades: mpsc::Sender<UpgradeRequest>,
     pub history: Mutex<Vec<UpgradeRecord>>,
+    /// Asked for their own part of the status.
+    services: Vec<Arc<dyn ServiceEntry>>,
 }
 
 impl AdminHandler for AdminState {
@@ -361,6 +364,7 @@ impl AdminHandler for AdminState {
             recent_transfers: self.registry.recent_transfers(),
             counters: self.registry.counters(),
             upgrades: self.history.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            services: self.services.iter().filter_map(|s| Some((s.name().to_string(), s.status()?))).collect(),
         }
     }
 

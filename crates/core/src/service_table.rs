@@ -31,6 +31,8 @@ pub trait ServiceEntry: Send + Sync {
     fn prepare_handover(&self) -> Result<(), String>;
     fn resume_after_rollback(&self);
     fn catch_up(&self) -> Result<(), String>;
+    /// The service's own part of `ferry status`, if it has one.
+    fn status(&self) -> Option<serde_json::Value>;
     /// Continues a paused session on `stream`, from a state this entry decoded.
     fn resume(
         &self,
@@ -95,6 +97,10 @@ impl<S: Service> ServiceEntry for Entry<S> {
 
     fn catch_up(&self) -> Result<(), String> {
         self.service.catch_up()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        self.service.status()
     }
 
     fn resume(
