@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_files::{SafeName, StoreError};
+use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use tokio::sync::mpsc;
 
 use super::manifest::{Entry, Manifest};
@@ -30,6 +31,11 @@ pub(super) const OPS_DEPTH: usize = 32;
 const MAX_NAME_BYTES: usize = 4096;
 /// While commits keep coming, the manifest is saved at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
+/// Received bytes after which their writeback to disk is started, so the
+/// fsync of the commit finds little left to write (the server fsyncs its own
+/// copy at the same moment, and `STORED` waits for both with
+/// `backup.ack = "all"`).
+const WRITEBACK_EVERY: u64 = 8 << 20;
 
 pub(super) enum Op {
     /// Bring the manifest up to date and answer with the inventory.
@@ -91,6 +97,8 @@ struct Open {
     /// `None` once writing failed; the failure is reported at the commit.
     file: Option<File>,
     written: u64,
+    /// Bytes whose writeback was started.
+    flushed: u64,
     hasher: blake3::Hasher,
     error: Option<String>,
 }
@@ -217,7 +225,7 @@ impl State {
             Ok(file) => (Some(file), None),
             Err(e) => (None, Some(format!("cannot create {}: {e}", path.display()))),
         };
-        let open = Open { name, size, path, file, written: 0, hasher: blake3::Hasher::new(), error };
+        let open = Open { name, size, path, file, written: 0, flushed: 0, hasher: blake3::Hasher::new(), error };
         self.open.insert(transfer, open);
         None
     }
@@ -243,6 +251,16 @@ impl State {
         }
         open.hasher.update(data);
         open.written = end;
+        if let Some(file) = &open.file
+            && end - open.flushed >= WRITEBACK_EVERY
+        {
+            // POSIX_FADV_DONTNEED starts writeback of the dirty range
+            // without waiting for it (and lets the kernel drop the pages
+            // once clean: a backup is written, not read). Only a hint.
+            let (from, len) = (open.flushed as i64, (end - open.flushed) as i64);
+            let _ = posix_fadvise(file, from, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            open.flushed = end;
+        }
         None
     }
 
