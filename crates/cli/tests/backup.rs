@@ -342,6 +342,10 @@ fn two_nodes_hold_every_file() {
     assert!(backups.iter().all(|b| b["state"] == "in-sync" && b["files_held"] == 6), "{backups:?}");
 }
 
+/// What a misbehaving node sends once registered, and the ERROR code it
+/// must get.
+type Garbage = (&'static str, fn(&mut Raw), &'static str);
+
 /// `BACKUP` on a raw connection with an empty inventory; returns it after
 /// `REGISTERED`.
 fn raw_node(server: &Server, id: &str) -> Raw {
@@ -376,12 +380,12 @@ fn nodes_that_send_garbage_are_dropped_and_the_server_goes_on() {
     assert!(raw.expect_error().starts_with("too-large"));
 
     // Garbage after registering: each gets its ERROR and is closed.
-    let cases: [(&str, Box<dyn Fn(&mut Raw)>, &str); 5] = [
-        ("unknown confirm", Box::new(|r: &mut Raw| r.info("CONFIRM transfer=123")), "bad-command"),
-        ("a DATA frame", Box::new(|r: &mut Raw| r.send(0x03, &[0; 12])), "bad-command"),
-        ("an unknown frame type", Box::new(|r: &mut Raw| r.send_raw(&[0x07, 0, 0, 0, 0])), "bad-frame"),
-        ("an oversized frame", Box::new(|r: &mut Raw| r.send_raw(&[0x02, 0xff, 0xff, 0xff, 0xff])), "too-large"),
-        ("a malformed line", Box::new(|r: &mut Raw| r.info("CONFIRM transfer=1 blake3=nothex")), "bad-command"),
+    let cases: [Garbage; 5] = [
+        ("unknown confirm", (|r: &mut Raw| r.info("CONFIRM transfer=123")), "bad-command"),
+        ("a DATA frame", (|r: &mut Raw| r.send(0x03, &[0; 12])), "bad-command"),
+        ("an unknown frame type", (|r: &mut Raw| r.send_raw(&[0x07, 0, 0, 0, 0])), "bad-frame"),
+        ("an oversized frame", (|r: &mut Raw| r.send_raw(&[0x02, 0xff, 0xff, 0xff, 0xff])), "too-large"),
+        ("a malformed line", (|r: &mut Raw| r.info("CONFIRM transfer=1 blake3=nothex")), "bad-command"),
     ];
     for (i, (what, send, code)) in cases.iter().enumerate() {
         let mut raw = raw_node(&server, &id(10 + i as u8));
