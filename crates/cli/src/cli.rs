@@ -148,6 +148,9 @@ pub struct BackupArgs {
     /// Give up on a connection that is silent this many seconds (then reconnect)
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
+    /// Use a directory that already holds other files (files the server does not have are deleted)
+    #[arg(long)]
+    pub adopt: bool,
     /// No status line or notices
     #[arg(long, short)]
     pub quiet: bool,

@@ -517,4 +517,12 @@ fn backup_has_help_and_refuses_a_directory_in_use() {
     let out = run(ferry().args(["backup", "--dir"]).arg(dir.path().join("node")).args(["--server", &server.addr]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ferry backup is running"), "{out:?}");
+
+    // A directory with files of its own is not taken over by accident.
+    let other = dir.path().join("other");
+    write_file(&other.join("precious.txt"), b"mine");
+    let out = run(ferry().args(["backup", "--dir"]).arg(&other).args(["--server", &server.addr]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--adopt"), "{out:?}");
+    assert_eq!(std::fs::read(other.join("precious.txt")).unwrap(), b"mine");
 }

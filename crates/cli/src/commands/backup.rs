@@ -14,6 +14,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
     let mut opts = BackupOptions::new(&args.server, args.dir.clone());
     opts.io_timeout = Duration::from_secs(args.timeout.max(1));
+    opts.adopt = args.adopt;
     let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
     let shutdown = async move {

@@ -33,6 +33,9 @@ pub struct BackupOptions {
     pub backoff: Backoff,
     /// Most files the directory may hold.
     pub max_files: usize,
+    /// Use a directory that holds files but was never a backup directory
+    /// (catch-up deletes those the server does not have).
+    pub adopt: bool,
 }
 
 impl BackupOptions {
@@ -44,6 +47,7 @@ impl BackupOptions {
             io_timeout: Duration::from_secs(60),
             backoff: Backoff::default(),
             max_files: 1_000_000,
+            adopt: false,
         }
     }
 }
@@ -55,8 +59,8 @@ pub async fn run(
     obs: &mut dyn BackupObserver,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    let path = opts.dir.clone();
-    let dir = tokio::task::spawn_blocking(move || BackupDir::open(&path))
+    let (path, adopt) = (opts.dir.clone(), opts.adopt);
+    let dir = tokio::task::spawn_blocking(move || BackupDir::open(&path, adopt))
         .await
         .map_err(|e| ClientError::Local(format!("open task failed: {e}")))?
         .map_err(ClientError::Local)?;

@@ -37,9 +37,18 @@ pub struct BackupDir {
 
 impl BackupDir {
     /// Opens (creating if needed) a backup directory; fails if another
-    /// node uses it.
-    pub fn open(dir: &Path) -> Result<BackupDir, String> {
+    /// node uses it. A directory that holds files but was never a backup
+    /// directory is refused unless `adopt`: catch-up deletes every file the
+    /// server does not have.
+    pub fn open(dir: &Path, adopt: bool) -> Result<BackupDir, String> {
         let meta = dir.join(META_DIR);
+        if !adopt && !meta.exists() && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(format!(
+                "{} is not empty and was never a backup directory; a backup node deletes every file the server \
+                 does not have (--adopt to use it anyway)",
+                dir.display()
+            ));
+        }
         let incoming = meta.join("incoming");
         std::fs::create_dir_all(&incoming).map_err(|e| format!("cannot create {}: {e}", incoming.display()))?;
         let lock_path = meta.join("lock");
@@ -102,15 +111,26 @@ mod tests {
     #[test]
     fn one_node_per_directory_and_a_stable_id() {
         let dir = tempfile::tempdir().unwrap();
-        let first = BackupDir::open(dir.path()).unwrap();
+        let first = BackupDir::open(dir.path(), false).unwrap();
         let id = first.id.clone();
-        let err = BackupDir::open(dir.path()).err().unwrap();
+        let err = BackupDir::open(dir.path(), false).err().unwrap();
         assert!(err.contains("another ferry backup"), "{err}");
         std::fs::write(first.incoming(7), b"half").unwrap();
         drop(first);
-        let again = BackupDir::open(dir.path()).unwrap();
+        let again = BackupDir::open(dir.path(), false).unwrap();
         assert_eq!(again.id, id);
         assert!(!again.incoming(7).exists(), "leftovers are cleared");
         assert!(again.store.list(10).unwrap().is_empty(), "the node's own files are not listed");
+    }
+
+    #[test]
+    fn a_directory_with_other_files_needs_adopting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mine"), b"x").unwrap();
+        let err = BackupDir::open(dir.path(), false).err().unwrap();
+        assert!(err.contains("--adopt"), "{err}");
+        let adopted = BackupDir::open(dir.path(), true).unwrap();
+        drop(adopted);
+        BackupDir::open(dir.path(), false).unwrap();
     }
 }

@@ -316,7 +316,7 @@ mod tests {
     use super::*;
 
     fn state(dir: &std::path::Path) -> State {
-        let dir = BackupDir::open(dir).unwrap();
+        let dir = BackupDir::open(dir, true).unwrap();
         State { manifest: Manifest::default(), dir, dirty: false, saved: Instant::now(), open: HashMap::new() }
     }
 
