@@ -175,6 +175,9 @@ impl PutMirror {
         let transfer = self.transfer;
         let name = std::mem::take(&mut self.name);
         let mut got = Vec::new();
+        for t in &self.targets {
+            tracing::debug!(name = %name, node = %t.id, waited_ms = t.waited.as_millis() as u64, "upload mirrored");
+        }
         for t in self.targets.drain(..) {
             if t.pending.is_none() && t.queue.done(transfer, &name, size, blake3, etag) == Push::Queued {
                 got.push(t.id);
