@@ -50,6 +50,10 @@ const OUTPUT_HIGH_WATER: usize = 4 << 20;
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Failed commits of one name before it waits for the next full comparison.
 const MAX_FAILURES: u32 = 3;
+/// Commits and deletes sent and not yet confirmed, at which the feed sends
+/// nothing more until the node catches up with its confirmations (so a node
+/// that reads but never confirms cannot grow the server's memory).
+const MAX_AWAITING: usize = 1024;
 
 /// A catch-up step that ran off the session task.
 enum Job {
@@ -159,9 +163,12 @@ impl Feed {
             if self.queue.is_closed() {
                 return fail(conn, ErrorCode::Busy, "replaced by a newer connection of this backup node");
             }
-            self.send_live(conn);
-            if self.job.is_none() && conn.pending_out() < OUTPUT_HIGH_WATER {
-                self.catch_up(conn);
+            let saturated = self.node.lock().awaiting.len() >= MAX_AWAITING;
+            if !saturated {
+                self.send_live(conn);
+                if self.job.is_none() && conn.pending_out() < OUTPUT_HIGH_WATER {
+                    self.catch_up(conn);
+                }
             }
             self.check_in_sync();
             tokio::select! {
