@@ -169,23 +169,25 @@ impl PutMirror {
     }
 
     /// The upload is stored: closes the transfer on every node with the
-    /// commit. Returns the nodes that will get the whole file this way.
-    pub fn finish(mut self, size: u64, blake3: &str, etag: &str) -> Vec<NodeId> {
+    /// commit. Returns the nodes that will get the whole file this way, and
+    /// the longest any of them held the upload back (which the wait for
+    /// their confirmations must leave out of its `backup.timeout_ms`).
+    pub fn finish(mut self, size: u64, blake3: &str, etag: &str) -> (Vec<NodeId>, Duration) {
         self.finished = true;
         let transfer = self.transfer;
         let name = std::mem::take(&mut self.name);
         let mut got = Vec::new();
-        for t in &self.targets {
-            tracing::debug!(name = %name, node = %t.id, waited_ms = t.waited.as_millis() as u64, "upload mirrored");
-        }
+        let mut longest = Duration::ZERO;
         for t in self.targets.drain(..) {
+            tracing::debug!(name = %name, node = %t.id, waited_ms = t.waited.as_millis() as u64, "upload mirrored");
             if t.pending.is_none() && t.queue.done(transfer, &name, size, blake3, etag) == Push::Queued {
+                longest = longest.max(t.waited);
                 got.push(t.id);
             } else {
                 let _ = t.queue.abort(transfer, &name);
             }
         }
-        got
+        (got, longest)
     }
 }
 
@@ -227,7 +229,7 @@ mod tests {
         let mut m = PutMirror::begin(&backups, "f", Some(10), 4).unwrap();
         m.offer(0, &[Bytes::from_static(b"0123456789")]);
         assert!(!m.stalled());
-        assert_eq!(m.finish(10, "h", "e"), [id]);
+        assert_eq!(m.finish(10, "h", "e"), (vec![id], Duration::ZERO));
         let items = drain(&queue);
         let offsets: Vec<_> = items
             .iter()
@@ -257,7 +259,7 @@ mod tests {
         assert!(m.nodes().is_empty());
         assert!(backups.ack_set().is_empty(), "{id} is behind now");
         assert!(matches!(drain(&queue).last(), Some(FeedItem::Abort { .. })));
-        assert!(m.finish(2 << 20, "h", "e").is_empty());
+        assert!(m.finish(2 << 20, "h", "e").0.is_empty());
     }
 
     #[tokio::test]
@@ -271,6 +273,8 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         drain(&queue);
         assert!(m.retry(), "taken after 300 ms");
+        let waited = m.targets[0].waited;
+        assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(310), "{waited:?}");
         m.offer(2 << 20, &[mib()]);
         assert!(m.stalled());
         tokio::time::sleep(Duration::from_millis(250)).await;

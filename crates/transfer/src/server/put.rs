@@ -396,7 +396,7 @@ async fn finish(
     let digest = hash.finalize();
     svc.hashes.insert(name, meta.etag.clone(), digest);
     let (digest, etag) = (digest.to_hex().to_string(), meta.etag.to_string());
-    let mirrored = mirror.map(|m| m.finish(size, &digest, &etag)).unwrap_or_default();
+    let (mirrored, held_back) = mirror.map(|m| m.finish(size, &digest, &etag)).unwrap_or_default();
     let backup = svc.backups.config();
     let waiting = if backup.ack == BackupAck::All { svc.backups.ack_set() } else { Vec::new() };
     svc.backups.committed(name.as_str(), size, &mirrored);
@@ -412,7 +412,9 @@ async fn finish(
         blake3: digest,
         stored,
         nodes: waiting.iter().map(|id| id.to_string()).collect(),
-        deadline_unix_ms: now_unix_ms() + backup.timeout_ms,
+        // A node may hold one upload back for timeout_ms in all: what it
+        // already did while the data streamed counts.
+        deadline_unix_ms: now_unix_ms() + backup.timeout_ms.saturating_sub(held_back.as_millis() as u64),
     };
     Step::Next(Phase::PutConfirm(confirm), None)
 }
