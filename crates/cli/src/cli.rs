@@ -28,6 +28,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Replace the running server with a new executable; every connection and transfer carries on
     Upgrade(UpgradeArgs),
+    /// Run a backup node: mirror every file the server stores into a directory, and keep it caught up
+    Backup(BackupArgs),
     /// Print the effective configuration (TOML) with every default
     Config(ServeArgs),
 }
@@ -135,6 +137,25 @@ pub struct LsArgs {
     pub json: bool,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Directory that receives the server's files (created if missing)
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Server address HOST:PORT
+    #[arg(long, env = "FERRY_SERVER", default_value = ferry_transfer::client::DEFAULT_SERVER, value_name = "HOST:PORT")]
+    pub server: String,
+    /// Give up on a connection that is silent this many seconds (then reconnect)
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+    /// Use a directory that already holds other files (files the server does not have are deleted)
+    #[arg(long)]
+    pub adopt: bool,
+    /// No status line or notices
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

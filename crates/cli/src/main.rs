@@ -1,5 +1,6 @@
 //! `ferry`: one binary for the server and its clients.
 
+mod backup_status;
 mod cli;
 mod commands;
 mod format;

@@ -30,6 +30,7 @@ pub struct Config {
     pub sync: SyncConfig,
     pub upgrade: UpgradeConfig,
     pub cache: CacheSection,
+    pub backup: BackupConfig,
 }
 
 /// The native transfer service (GET/PUT/LIST).
@@ -153,6 +154,7 @@ impl Default for Config {
             sync: SyncConfig::default(),
             upgrade: UpgradeConfig::default(),
             cache: CacheSection::default(),
+            backup: BackupConfig::default(),
         }
     }
 }
@@ -223,6 +225,46 @@ impl Default for UpgradeConfig {
     }
 }
 
+/// Backup nodes of the transfer service (`ferry backup`): how uploads are
+/// mirrored to them and how long a slow one may hold an upload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// `all`: a PUT's `STORED` waits until every in-sync backup confirmed
+    /// the file (at most `timeout_ms`); `none`: `STORED` at once.
+    pub ack: BackupAck,
+    /// Longest a backup may hold one upload, waiting for room in its queue
+    /// or for its confirmation; past it the backup is marked behind and
+    /// caught up later from the stored file.
+    pub timeout_ms: u64,
+    /// Upload bytes queued for one backup before uploads wait for it.
+    pub max_queue_bytes: u64,
+    /// Backup nodes known at once (connected or not); 0 refuses every node.
+    pub max_backups: usize,
+    /// How often each connected backup is compared with the whole store,
+    /// which also mirrors files changed or deleted outside ferry.
+    pub rescan_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupAck {
+    All,
+    None,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            ack: BackupAck::All,
+            timeout_ms: 5000,
+            max_queue_bytes: 64 * MIB,
+            max_backups: 8,
+            rescan_secs: 60,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -277,6 +319,19 @@ impl Config {
         if !(0.05..=0.95).contains(&k.compact_garbage_ratio) {
             return bad("kv.compact_garbage_ratio must be between 0.05 and 0.95");
         }
+        let b = &self.backup;
+        if b.timeout_ms == 0 || b.timeout_ms > 3_600_000 {
+            return bad("backup.timeout_ms must be between 1 and 3600000");
+        }
+        if b.max_queue_bytes < MIB || b.max_queue_bytes > 1 << 40 {
+            return bad("backup.max_queue_bytes must be between 1048576 and 1099511627776");
+        }
+        if b.max_backups > 1024 {
+            return bad("backup.max_backups must be at most 1024");
+        }
+        if b.rescan_secs == 0 {
+            return bad("backup.rescan_secs must be at least 1");
+        }
         Ok(())
     }
 
@@ -324,6 +379,20 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         assert!(toml::from_str::<Config>("[transfer]\nprot = 9000\n").is_err());
+    }
+
+    #[test]
+    fn backup_section_parses_and_validates() {
+        let config: Config = toml::from_str("[backup]\nack = \"none\"\ntimeout_ms = 250\n").unwrap();
+        assert_eq!(config.backup.ack, BackupAck::None);
+        assert_eq!(config.backup.timeout_ms, 250);
+        assert_eq!(config.backup.max_backups, BackupConfig::default().max_backups);
+        config.validate().unwrap();
+        assert!(toml::from_str::<Config>("[backup]\nack = \"some\"\n").is_err());
+        assert!(toml::from_str::<Config>("[backup]\ntimeout = 1\n").is_err());
+        let mut config = Config::default();
+        config.backup.max_queue_bytes = 1;
+        assert!(config.validate().is_err());
     }
 
     #[test]

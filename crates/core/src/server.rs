@@ -155,6 +155,7 @@ impl Server {
             stop: stop.clone(),
             upgrades: upgrade_tx,
             history: Mutex::new(Vec::new()),
+            services: self.services.clone(),
         });
         let ctx = LoopCtx {
             registry: registry.clone(),
@@ -368,6 +369,8 @@ pub(crate) struct AdminState {
     stop: Arc<Notify>,
     upgrades: mpsc::Sender<UpgradeRequest>,
     pub history: Mutex<Vec<UpgradeRecord>>,
+    /// Asked for their own part of the status.
+    services: Vec<Arc<dyn ServiceEntry>>,
 }
 
 impl AdminHandler for AdminState {
@@ -386,6 +389,7 @@ impl AdminHandler for AdminState {
             recent_transfers: self.registry.recent_transfers(),
             counters: self.registry.counters(),
             upgrades: self.history.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            services: self.services.iter().filter_map(|s| Some((s.name().to_string(), s.status()?))).collect(),
         }
     }
 
@@ -481,5 +485,6 @@ fn admin_gone_status() -> Status {
         recent_transfers: Vec::new(),
         counters: Default::default(),
         upgrades: Vec::new(),
+        services: BTreeMap::new(),
     }
 }

@@ -61,6 +61,15 @@ pub trait Service: Send + Sync + 'static {
         Ok(())
     }
 
+    /// What this service adds to `ferry status` beyond the sessions and
+    /// transfers the runtime already reports (the transfer service lists
+    /// its backup nodes). Shown under `services.<NAME>` in
+    /// `ferry status --json`; `None` adds nothing. Called on the admin
+    /// socket's task for every status request, so it must be quick.
+    fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Tells a connection that arrived over the connection limit why it is
     /// being closed, in the protocol's own form.
     fn refuse(&self, conn: Conn, reason: String) -> impl Future<Output = ()> + Send;

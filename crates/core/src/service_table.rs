@@ -41,6 +41,8 @@ pub trait ServiceEntry: Send + Sync {
     fn drain(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         Box::pin(std::future::ready(()))
     }
+    /// The service's own part of `ferry status`, if it has one.
+    fn status(&self) -> Option<serde_json::Value>;
     /// Continues a paused session on `stream`, from a state this entry decoded.
     fn resume(
         &self,
@@ -112,6 +114,10 @@ impl<S: Service> ServiceEntry for Entry<S> {
 
     fn catch_up(&self) -> Result<(), String> {
         self.service.catch_up()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        self.service.status()
     }
 
     fn resume(

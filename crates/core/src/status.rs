@@ -25,6 +25,10 @@ pub struct Status {
     /// Past live upgrades, oldest first (carried across upgrades).
     #[serde(default)]
     pub upgrades: Vec<UpgradeRecord>,
+    /// Service name → what that service reports of itself
+    /// ([`crate::Service::status`]), for services that report anything.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

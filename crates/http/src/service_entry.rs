@@ -109,6 +109,11 @@ impl ServiceEntry for HttpEntry {
         })
     }
 
+    fn status(&self) -> Option<serde_json::Value> {
+        let state = self.state.get()?;
+        serde_json::to_value(state.metrics().snapshot()).ok()
+    }
+
     fn decode_state(&self, _state: &serde_json::Value) -> Result<DecodedState, String> {
         Err("http connections drain in the old process; there are no sessions to continue".into())
     }

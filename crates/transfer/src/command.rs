@@ -30,6 +30,9 @@ pub enum Request {
     ListCache,
     /// `DONE size=N blake3=HEX`: end of a PUT's data.
     Done { size: u64, blake3: String },
+    /// `BACKUP node=ID files=N`: this connection becomes a backup node's
+    /// feed; `N` inventory lines (`HAVE`, [`crate::backup::line`]) follow.
+    Backup { node: String, files: u64 },
 }
 
 /// Server → client.
@@ -71,14 +74,14 @@ pub struct CacheTotals {
 }
 
 /// A tokenised INFO line.
-struct Line<'a> {
-    verb: &'a str,
-    words: Vec<&'a str>,
+pub(crate) struct Line<'a> {
+    pub(crate) verb: &'a str,
+    pub(crate) words: Vec<&'a str>,
     pairs: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Line<'a> {
-    fn parse(s: &'a str) -> Result<Line<'a>, CommandError> {
+    pub(crate) fn parse(s: &'a str) -> Result<Line<'a>, CommandError> {
         let mut parts = s.split(' ').filter(|w| !w.is_empty());
         let verb = parts.next().ok_or_else(|| CommandError("empty command".into()))?;
         let mut line = Line { verb, words: vec![], pairs: vec![] };
@@ -91,30 +94,30 @@ impl<'a> Line<'a> {
         Ok(line)
     }
 
-    fn name(&self, index: usize) -> Result<String, CommandError> {
+    pub(crate) fn name(&self, index: usize) -> Result<String, CommandError> {
         let raw = self.words.get(index).ok_or_else(|| CommandError(format!("{} needs a file name", self.verb)))?;
         unescape(raw).ok_or_else(|| CommandError(format!("malformed escape in name {raw:?}")))
     }
 
-    fn get(&self, key: &str) -> Option<&'a str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a str> {
         self.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 
-    fn num(&self, key: &str) -> Result<Option<u64>, CommandError> {
+    pub(crate) fn num(&self, key: &str) -> Result<Option<u64>, CommandError> {
         self.get(key)
             .map(|v| v.parse::<u64>().map_err(|_| CommandError(format!("{key}={v} is not a number"))))
             .transpose()
     }
 
-    fn req_num(&self, key: &str) -> Result<u64, CommandError> {
+    pub(crate) fn req_num(&self, key: &str) -> Result<u64, CommandError> {
         self.num(key)?.ok_or_else(|| CommandError(format!("{} needs {key}=", self.verb)))
     }
 
-    fn req_str(&self, key: &str) -> Result<String, CommandError> {
+    pub(crate) fn req_str(&self, key: &str) -> Result<String, CommandError> {
         self.get(key).map(str::to_string).ok_or_else(|| CommandError(format!("{} needs {key}=", self.verb)))
     }
 
-    fn only(&self, keys: &[&str], words: usize) -> Result<(), CommandError> {
+    pub(crate) fn only(&self, keys: &[&str], words: usize) -> Result<(), CommandError> {
         if let Some((k, _)) = self.pairs.iter().find(|(k, _)| !keys.contains(k)) {
             return Err(CommandError(format!("{} does not take {k}=", self.verb)));
         }
@@ -157,6 +160,10 @@ impl Request {
                 line.only(&["size", "blake3"], 0)?;
                 Ok(Request::Done { size: line.req_num("size")?, blake3: line.req_str("blake3")? })
             }
+            "BACKUP" => {
+                line.only(&["node", "files"], 0)?;
+                Ok(Request::Backup { node: line.req_str("node")?, files: line.req_num("files")? })
+            }
             other => Err(CommandError(format!("unknown command {:?}", truncate(other)))),
         }
     }
@@ -188,6 +195,7 @@ impl fmt::Display for Request {
             Request::List => write!(f, "LIST"),
             Request::ListCache => write!(f, "LIST CACHE"),
             Request::Done { size, blake3 } => write!(f, "DONE size={size} blake3={blake3}"),
+            Request::Backup { node, files } => write!(f, "BACKUP node={node} files={files}"),
         }
     }
 }
@@ -266,7 +274,7 @@ impl fmt::Display for Reply {
     }
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
@@ -284,6 +292,7 @@ mod tests {
             Request::List,
             Request::ListCache,
             Request::Done { size: 3, blake3: "00ff".into() },
+            Request::Backup { node: "ab".repeat(16), files: 7 },
         ] {
             assert_eq!(Request::parse(&req.to_string()).unwrap(), req);
         }

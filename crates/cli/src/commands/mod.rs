@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod backup;
 mod cache;
 mod config;
 mod get;
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cache(args) => cache::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Upgrade(args) => upgrade::run(args).await,
+        Command::Backup(args) => backup::run(args).await,
         Command::Config(args) => config::run(args),
     }
 }

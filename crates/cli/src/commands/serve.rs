@@ -30,7 +30,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let mut services = 0;
     if config.transfer.enabled {
-        let service = TransferService::new(store.clone(), config.transfer.clone());
+        let service = TransferService::with_backup(store.clone(), config.transfer.clone(), config.backup.clone());
         service.use_cache(cache.clone());
         service.spawn_housekeeping();
         server.add_service(service, config.transfer.port, config.transfer.max_connections);

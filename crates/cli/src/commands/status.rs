@@ -42,6 +42,22 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(backups) = status.services.get("transfer").and_then(|t| t["backups"].as_array())
+        && !backups.is_empty()
+    {
+        println!("backup nodes:");
+        for b in backups {
+            let lag_files = b["lag_files"].as_u64().unwrap_or(0);
+            let lag = format!("{lag_files} files, {}", format::bytes(b["lag_bytes"].as_u64().unwrap_or(0)));
+            println!(
+                "  {} {} {}, lag {lag}; {} files held",
+                b["node"].as_str().unwrap_or("?"),
+                b["peer"].as_str().unwrap_or("?"),
+                b["state"].as_str().unwrap_or("?").replace('-', " "),
+                b["files_held"].as_u64().unwrap_or(0)
+            );
+        }
+    }
     if !status.transfers.is_empty() {
         println!("transfers in progress:");
         for t in &status.transfers {

@@ -1,7 +1,9 @@
-//! The client side of the transfer protocol: what `ferry get`, `ferry put`
-//! and `ferry ls` run. Every transfer retries with backoff on a dropped
-//! connection and continues from the offset already transferred.
+//! The client side of the transfer protocol: what `ferry get`, `ferry put`,
+//! `ferry ls` and `ferry backup` run. Every transfer retries with backoff
+//! on a dropped connection and continues from the offset already
+//! transferred.
 
+pub mod backup;
 mod connection;
 mod error;
 mod get;

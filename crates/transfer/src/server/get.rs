@@ -322,7 +322,7 @@ async fn reopen(
 
 /// Reads up to `len` bytes at `offset` (positional, so concurrent GETs of
 /// one file share nothing but the page cache).
-fn read_chunk(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+pub(super) fn read_chunk(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(len);
     let mut filled = 0;
     while filled < len {

@@ -1,11 +1,15 @@
 //! The transfer service's server side: one session per connection, each a
-//! small state machine (idle → GET or PUT → idle) that can pause at any
-//! frame boundary and resume from its [`SessionState`].
+//! small state machine (idle → GET or PUT → idle, or idle → backup feed)
+//! that can pause at any frame boundary and resume from its
+//! [`SessionState`].
 
+mod backup_feed;
+mod backup_register;
 mod get;
 mod hashes;
 mod list;
 mod put;
+mod put_confirm;
 mod session;
 mod state;
 mod upload_leases;
@@ -13,13 +17,14 @@ mod upload_leases;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::config::TransferConfig;
+use ferry_core::config::{BackupConfig, TransferConfig};
 use ferry_core::{Conn, Service, SessionCtx, SessionEnd};
 use ferry_files::{FileCache, FileStore};
 
 pub use hashes::HashService;
-pub use state::{GetState, Phase, PutState, STATE_FORMAT, SessionState};
+pub use state::{ConfirmState, FeedState, GetState, Phase, PutState, RegisterState, STATE_FORMAT, SessionState};
 
+use crate::backup::registry::Backups;
 use crate::error_code::ErrorCode;
 use crate::frame::Frame;
 
@@ -33,17 +38,25 @@ pub struct TransferService {
     store: Arc<FileStore>,
     hashes: Arc<HashService>,
     uploads: Arc<upload_leases::UploadLeases>,
+    backups: Arc<Backups>,
     config: TransferConfig,
     /// The file cache shared with HTTP, if the server runs one.
     cache: std::sync::OnceLock<Arc<FileCache>>,
 }
 
 impl TransferService {
+    /// A service with the default backup settings.
     pub fn new(store: Arc<FileStore>, config: TransferConfig) -> Arc<TransferService> {
+        TransferService::with_backup(store, config, BackupConfig::default())
+    }
+
+    pub fn with_backup(store: Arc<FileStore>, config: TransferConfig, backup: BackupConfig) -> Arc<TransferService> {
+        let backups = Backups::new(backup, config.max_list_entries);
         Arc::new(TransferService {
             store,
             hashes: Arc::new(HashService::new(HASH_CACHE_ENTRIES)),
             uploads: Arc::default(),
+            backups,
             config,
             cache: std::sync::OnceLock::new(),
         })
@@ -57,6 +70,11 @@ impl TransferService {
 
     pub(crate) fn cache(&self) -> Option<&Arc<FileCache>> {
         self.cache.get()
+    }
+
+    /// The backup nodes of this process.
+    pub fn backups(&self) -> &Arc<Backups> {
+        &self.backups
     }
 
     pub fn store(&self) -> &Arc<FileStore> {
@@ -111,6 +129,11 @@ impl Service for TransferService {
             ));
         }
         Ok(())
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let backups = self.backups.status();
+        Some(serde_json::json!({ "backups": backups }))
     }
 
     async fn refuse(&self, mut conn: Conn, reason: String) {

@@ -235,3 +235,85 @@ fn newer_state_format_is_detected() {
     let back: SessionState = serde_json::from_str(&json).unwrap();
     assert!(back.format > super::STATE_FORMAT);
 }
+
+/// Reads frames until an INFO line, answering nothing; returns the BACKUP*
+/// frames seen before it and the line.
+async fn next_line(c: &mut Conn, seen: &mut Vec<Frame>) -> String {
+    loop {
+        match recv_frame(c, 4 * MIB as u32).await.unwrap() {
+            Frame::Info(line) => return line,
+            other => seen.push(other),
+        }
+    }
+}
+
+/// The transfer id and digest of a `BACKUPDONE` line.
+fn done_of(line: &str) -> (u64, String) {
+    match crate::backup::line::FeedLine::parse(line).unwrap() {
+        crate::backup::line::FeedLine::Done { transfer, blake3, .. } => (transfer, blake3),
+        other => panic!("expected BACKUPDONE, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn backup_feed_pauses_and_resumes_with_what_the_node_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(dir.path());
+    std::fs::write(dir.path().join("files/a.txt"), b"hello").unwrap();
+    let (client, server) = socket_pair().await;
+    let (trigger, task) = spawn_session(svc.clone(), Conn::new(server, svc.max_read_buffer()), None);
+    let mut c = Conn::new(client, 8 * MIB);
+    let node = "ab".repeat(16);
+    send_frame(&mut c, &Frame::Info(format!("BACKUP node={node} files=0"))).await.unwrap();
+    let registered = next_line(&mut c, &mut Vec::new()).await;
+    assert_eq!(registered, format!("REGISTERED node={node} held=0"));
+
+    // Catch-up sends a.txt; the node confirms it.
+    let mut frames = Vec::new();
+    let (transfer, digest) = done_of(&next_line(&mut c, &mut frames).await);
+    assert_eq!(digest, blake3::hash(b"hello").to_hex().as_str());
+    assert!(matches!(&frames[..], [Frame::BackupInfo { info, .. }, Frame::BackupData { offset: 0, data, .. }]
+        if info == "a.txt 5" && &data[..] == b"hello"));
+    let confirm = crate::backup::line::NodeLine::Confirm { transfer, blake3: Some(digest) };
+    send_frame(&mut c, &Frame::Info(confirm.to_string())).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while svc.backups().status()[0].state != "in-sync" {
+        assert!(tokio::time::Instant::now() < deadline, "never in sync: {:?}", svc.backups().status());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // A file appears while the node is paused over to a new process.
+    std::fs::write(dir.path().join("files/b.txt"), b"world").unwrap();
+    trigger.pause(PauseReason::Upgrade);
+    let SessionEnd::Paused(parked) = task.await.unwrap() else { panic!("feed did not pause") };
+    let Phase::Backup(feed) = &parked.state.phase else { panic!("not a feed: {:?}", parked.state.phase) };
+    assert_eq!(feed.held.keys().collect::<Vec<_>>(), ["a.txt"]);
+    assert!(feed.awaiting.is_empty());
+    let state: SessionState = serde_json::from_slice(&serde_json::to_vec(&parked.state).unwrap()).unwrap();
+    assert_eq!(state, parked.state);
+    let fresh = service(dir.path());
+    let conn =
+        Conn::from_parts(parked.conn.stream, &parked.conn.read_buf, &parked.conn.pending_out, fresh.max_read_buffer());
+    let task = spawn_session(fresh.clone(), conn, Some(state)).1;
+
+    // PAUSED, RESUMED, then only b.txt: a.txt is known to be held.
+    assert_eq!(next_line(&mut c, &mut Vec::new()).await, "PAUSED upgrading");
+    assert!(next_line(&mut c, &mut Vec::new()).await.starts_with("RESUMED version="));
+    let mut frames = Vec::new();
+    let (transfer, digest) = done_of(&next_line(&mut c, &mut frames).await);
+    assert!(matches!(&frames[..], [Frame::BackupInfo { info, .. }, Frame::BackupData { .. }] if info == "b.txt 5"));
+    let confirm = crate::backup::line::NodeLine::Confirm { transfer, blake3: Some(digest) };
+    send_frame(&mut c, &Frame::Info(confirm.to_string())).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = fresh.backups().status();
+        if status[0].state == "in-sync" && status[0].files_held == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not caught up: {status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    c.shutdown().await.unwrap();
+    assert!(matches!(task.await.unwrap(), SessionEnd::Closed));
+    assert_eq!(fresh.backups().status()[0].state, "disconnected");
+}

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_core::config::BackupAck;
+use ferry_core::registry::now_unix_ms;
 use ferry_core::{Conn, SessionCtx, TransferKind};
 use ferry_files::{ResumableHash, SafeName, UploadId, hash_file_prefix};
 use tokio::task::JoinHandle;
@@ -20,8 +22,9 @@ use tokio::time::Instant;
 use super::TransferService;
 use super::get::{join, store_code};
 use super::session::{Opened, Step, announce_resume, closed_by_peer, fail, frame_error, park_transfer};
-use super::state::{Phase, PutState};
+use super::state::{ConfirmState, Phase, PutState};
 use super::upload_leases::UploadLease;
+use crate::backup::mirror::PutMirror;
 use crate::command::{Reply, Request};
 use crate::error_code::ErrorCode;
 use crate::frame::Frame;
@@ -40,6 +43,9 @@ pub(super) fn read_high_water(max_frame: u32) -> usize {
 pub(super) struct OpenUpload {
     file: Arc<File>,
     hash: ResumableHash,
+    /// Mirroring to backup nodes, for an upload that starts at byte 0 in
+    /// this session (others reach the nodes through catch-up).
+    mirror: Option<PutMirror>,
     _lease: UploadLease,
 }
 
@@ -109,7 +115,12 @@ pub(super) async fn start(
         written: durable,
         hash: hash.checkpoint(),
     };
-    let upload = OpenUpload { file: Arc::new(file), hash, _lease: lease };
+    let mirror = if durable == 0 {
+        PutMirror::begin(&svc.backups, name.as_str(), size, svc.config.chunk_bytes as usize)
+    } else {
+        None
+    };
+    let upload = OpenUpload { file: Arc::new(file), hash, mirror, _lease: lease };
     Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(upload))))
 }
 
@@ -137,6 +148,7 @@ pub(super) async fn run(
     };
     let file = upload.file;
     let mut hash = Some(upload.hash);
+    let mut mirror = upload.mirror;
     if resumed {
         ctx.handle.begin_transfer(TransferKind::Put, &st.name, st.size, st.start_offset);
         ctx.handle.progress(st.written);
@@ -152,14 +164,20 @@ pub(super) async fn run(
     let mut stash: Option<Frame> = None;
 
     loop {
+        // A backup node that has not taken the last batch holds back the
+        // next one (for at most backup.timeout_ms in all).
+        let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
         if writing.is_none() {
             if let Some(reason) = ctx.pause.requested() {
                 let Some(hash) = hash.as_ref() else {
                     return fail(conn, ErrorCode::Internal, "hash state missing");
                 };
                 st.hash = hash.checkpoint();
+                // Dropping the mirror aborts it; catch-up sends the file later.
                 return park_transfer(conn, Phase::Put(st), reason);
             }
+        }
+        if writing.is_none() && !stalled {
             let frame = match stash.take() {
                 Some(frame) => Some(frame),
                 None => match take_frame(conn, max_frame) {
@@ -202,6 +220,9 @@ pub(super) async fn run(
                     let Some(hasher) = hash.take() else {
                         return fail(conn, ErrorCode::Internal, "hash state missing");
                     };
+                    if let Some(m) = mirror.as_mut() {
+                        m.offer(st.written, &batch);
+                    }
                     let (file, at) = (file.clone(), st.written);
                     writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, at, batch, hasher)));
                     continue;
@@ -212,7 +233,7 @@ pub(super) async fn run(
                     };
                     return match Request::parse(&line) {
                         Ok(Request::Done { size, blake3 }) => {
-                            finish(svc, conn, ctx, &st, &name, &id, hasher, size, &blake3).await
+                            finish(svc, conn, ctx, &st, &name, &id, hasher, mirror.take(), size, &blake3).await
                         }
                         Ok(_) => fail(conn, ErrorCode::BadCommand, "a PUT in progress accepts only DATA and DONE"),
                         Err(e) => fail(conn, ErrorCode::BadCommand, &e.0),
@@ -232,9 +253,21 @@ pub(super) async fn run(
         }
         // Read more while a batch is being written, up to about one batch.
         let want_read = conn.read_buf().len() < read_high_water(max_frame);
+        let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
+        let stall_deadline = mirror.as_ref().and_then(PutMirror::deadline);
         tokio::select! {
             biased;
             _ = ctx.pause.wait(), if writing.is_none() => {}
+            _ = mirror_changed(&mut mirror), if stalled => {
+                if let Some(m) = mirror.as_mut() {
+                    m.retry();
+                }
+            }
+            _ = sleep_until_some(stall_deadline), if stalled => {
+                if let Some(m) = mirror.as_mut() {
+                    m.retry();
+                }
+            }
             done = join(&mut writing), if writing.is_some() => {
                 writing = None;
                 match done {
@@ -271,10 +304,25 @@ pub(super) async fn run(
                     return Step::Close;
                 }
             },
-            _ = tokio::time::sleep_until(deadline), if writing.is_none() => {
+            _ = tokio::time::sleep_until(deadline), if writing.is_none() && !stalled => {
                 return fail(conn, ErrorCode::Timeout, &format!("no data for {}s", idle_for.as_secs()));
             }
         }
+    }
+}
+
+/// Waits for a stalled mirror's nodes to make room.
+async fn mirror_changed(mirror: &mut Option<PutMirror>) {
+    match mirror.as_mut() {
+        Some(m) => m.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -320,6 +368,7 @@ async fn finish(
     name: &SafeName,
     id: &UploadId,
     hash: &ResumableHash,
+    mirror: Option<PutMirror>,
     size: u64,
     blake3: &str,
 ) -> Step {
@@ -351,11 +400,28 @@ async fn finish(
         // etag no longer matches); free its memory now.
         cache.invalidate(name.as_str());
     }
-    let stored = Reply::Stored { size, etag: meta.etag.to_string(), blake3: digest.to_hex().to_string() };
-    queue_frame(conn, &Frame::Info(stored.to_string()));
+    let (digest, etag) = (digest.to_hex().to_string(), meta.etag.to_string());
+    let (mirrored, held_back) = mirror.map(|m| m.finish(size, &digest, &etag)).unwrap_or_default();
+    let backup = svc.backups.config();
+    let waiting = if backup.ack == BackupAck::All { svc.backups.ack_set() } else { Vec::new() };
+    svc.backups.committed(name.as_str(), size, &mirrored);
+    let stored = Reply::Stored { size, etag, blake3: digest.clone() }.to_string();
     ctx.handle.set_size(size);
     ctx.handle.end_transfer(true, None);
-    Step::Next(Phase::Idle, None)
+    if waiting.is_empty() {
+        queue_frame(conn, &Frame::Info(stored));
+        return Step::Next(Phase::Idle, None);
+    }
+    let confirm = ConfirmState {
+        name: name.as_str().to_string(),
+        blake3: digest,
+        stored,
+        nodes: waiting.iter().map(|id| id.to_string()).collect(),
+        // A node may hold one upload back for timeout_ms in all: what it
+        // already did while the data streamed counts.
+        deadline_unix_ms: now_unix_ms() + backup.timeout_ms.saturating_sub(held_back.as_millis() as u64),
+    };
+    Step::Next(Phase::PutConfirm(confirm), None)
 }
 
 /// Reopens a parked PUT's partial upload and rebuilds its hash from the
@@ -380,5 +446,5 @@ async fn reopen(
         Ok((Arc::new(upload.file), hash))
     });
     let (file, hash) = task.await.map_err(|e| format!("reopen task failed: {e}"))??;
-    Ok(OpenUpload { file, hash, _lease: lease })
+    Ok(OpenUpload { file, hash, mirror: None, _lease: lease })
 }

@@ -8,7 +8,7 @@ use ferry_core::{Conn, Parked, PauseReason, SessionCtx, SessionEnd};
 use tokio::time::Instant;
 
 use super::state::{Phase, STATE_FORMAT, SessionState};
-use super::{TransferService, get, list, put};
+use super::{TransferService, backup_feed, backup_register, get, list, put, put_confirm};
 use crate::command::{MAX_COMMAND_BYTES, Reply, Request};
 use crate::error_code::ErrorCode;
 use crate::frame::{Frame, FrameError};
@@ -71,6 +71,9 @@ pub(super) async fn run(
                 };
                 put::run(&svc, &mut conn, &mut ctx, state, upload, resumed).await
             }
+            Phase::PutConfirm(state) => put_confirm::run(&svc, &mut conn, &mut ctx, state, resumed).await,
+            Phase::BackupRegister(state) => backup_register::run(&svc, &mut conn, &mut ctx, state, resumed).await,
+            Phase::Backup(state) => backup_feed::run(&svc, &mut conn, &mut ctx, state, resumed).await,
         };
         resumed = false;
         match step {
@@ -153,6 +156,7 @@ async fn dispatch(svc: &Arc<TransferService>, conn: &mut Conn, ctx: &mut Session
         Request::List => list::run(svc, conn).await,
         Request::ListCache => list::run_cache(svc, conn),
         Request::Done { .. } => fail(conn, ErrorCode::BadCommand, "DONE outside a PUT"),
+        Request::Backup { node, files } => backup_register::start(svc, conn, node, files),
     }
 }
 

@@ -5,8 +5,12 @@
 //! before it. Add fields with `#[serde(default)]`; never change a field's
 //! meaning; bump [`STATE_FORMAT`] only for a change old code cannot read.
 
+use std::collections::BTreeMap;
+
 use ferry_files::HashCheckpoint;
 use serde::{Deserialize, Serialize};
+
+use crate::backup::held::{Awaiting, Held};
 
 /// Version of the state layout this build writes and the newest it reads.
 pub const STATE_FORMAT: u32 = 1;
@@ -25,6 +29,14 @@ pub enum Phase {
     Idle,
     Get(GetState),
     Put(PutState),
+    /// A PUT is stored; its `STORED` waits for backup nodes to confirm.
+    #[serde(rename = "put-confirm")]
+    PutConfirm(ConfirmState),
+    /// A backup node sending its inventory after `BACKUP`.
+    #[serde(rename = "backup-register")]
+    BackupRegister(RegisterState),
+    /// A backup node's feed.
+    Backup(FeedState),
 }
 
 /// A GET in progress. The file is reopened by name on resume and must
@@ -56,6 +68,49 @@ pub struct PutState {
     /// BLAKE3 state over a prefix of the written bytes; the rest is
     /// re-read from the partial upload on resume.
     pub hash: HashCheckpoint,
+}
+
+/// A stored upload whose `STORED` is held until the backup nodes that were
+/// in sync hold the file, or until the deadline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmState {
+    pub name: String,
+    pub blake3: String,
+    /// The `STORED` line to send.
+    pub stored: String,
+    /// Node ids still waited for.
+    pub nodes: Vec<String>,
+    /// Wall clock, so the wait keeps its bound across a live upgrade.
+    pub deadline_unix_ms: u64,
+}
+
+/// A backup node's inventory, partly received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterState {
+    pub node: String,
+    /// Inventory lines announced by `BACKUP ... files=N`.
+    pub expected: u64,
+    pub held: BTreeMap<String, Held>,
+}
+
+/// A backup node's feed. What was queued for the node and not yet written
+/// is not here: the node drops unfinished transfers when it sees
+/// `PAUSED`, and the resumed feed compares the whole store again, which
+/// sends anything missed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedState {
+    pub node: String,
+    pub since_unix_ms: u64,
+    /// What the node holds, confirmed.
+    pub held: BTreeMap<String, Held>,
+    /// Commits and deletes sent and not yet confirmed (the confirmations
+    /// may reach the resumed session).
+    #[serde(default)]
+    pub awaiting: Vec<Awaiting>,
+    #[serde(default)]
+    pub files_mirrored: u64,
+    #[serde(default)]
+    pub bytes_mirrored: u64,
 }
 
 impl SessionState {
@@ -110,6 +165,67 @@ mod tests {
         ferry_files::ResumableHash::from_checkpoint(&put.hash).unwrap();
     }
 
+    fn backup_samples() -> Vec<SessionState> {
+        let digest = blake3::hash(b"abc").to_hex().to_string();
+        let held: BTreeMap<String, Held> = [
+            (
+                "a.txt".to_string(),
+                Held { size: 3, blake3: digest.clone(), etag: Some("3-1843f9a2b5c3d000-1a2b".into()) },
+            ),
+            ("dir/b c".to_string(), Held { size: 3, blake3: digest.clone(), etag: None }),
+        ]
+        .into();
+        vec![
+            SessionState::new(Phase::PutConfirm(ConfirmState {
+                name: "up/new.bin".into(),
+                blake3: digest.clone(),
+                stored: format!("STORED size=3 etag=3-1843f9a2b5c3d000-1a2c blake3={digest}"),
+                nodes: vec!["0123456789abcdef0123456789abcdef".into()],
+                deadline_unix_ms: 1_750_000_000_000,
+            })),
+            SessionState::new(Phase::BackupRegister(RegisterState {
+                node: "0123456789abcdef0123456789abcdef".into(),
+                expected: 5,
+                held: held.clone(),
+            })),
+            SessionState::new(Phase::Backup(FeedState {
+                node: "0123456789abcdef0123456789abcdef".into(),
+                since_unix_ms: 1_750_000_000_000,
+                held,
+                awaiting: vec![
+                    Awaiting {
+                        transfer: 77,
+                        name: "up/new.bin".into(),
+                        file: Some(Held { size: 3, blake3: digest, etag: Some("3-1843f9a2b5c3d000-1a2c".into()) }),
+                    },
+                    Awaiting { transfer: 78, name: "old.bin".into(), file: None },
+                ],
+                files_mirrored: 12,
+                bytes_mirrored: 3 << 30,
+            })),
+        ]
+    }
+
+    /// The backup phases (added after the first release of format 1) must
+    /// keep decoding too.
+    #[test]
+    fn golden_backup_states_still_decode() {
+        let text = std::fs::read_to_string(format!("{GOLDEN_DIR}/session-state-v1-backup.json")).unwrap();
+        let states: Vec<SessionState> = serde_json::from_str(&text).unwrap();
+        assert_eq!(states, backup_samples());
+        let Phase::Backup(feed) = &states[2].phase else { panic!("not a feed") };
+        assert_eq!(feed.held.len(), 2);
+        assert_eq!(feed.awaiting[1].file, None);
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for state in samples().into_iter().chain(backup_samples()) {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(serde_json::from_str::<SessionState>(&json).unwrap(), state);
+        }
+    }
+
     /// Regenerates the golden states of the current format:
     /// `cargo test -p ferry-transfer -- --ignored write_golden`. Only add
     /// new files; never rewrite those of a released format.
@@ -118,5 +234,14 @@ mod tests {
     fn write_golden() {
         let json = serde_json::to_string_pretty(&samples()).unwrap();
         std::fs::write(format!("{GOLDEN_DIR}/session-state-v{STATE_FORMAT}.json"), json + "\n").unwrap();
+    }
+
+    /// Writes the golden backup states:
+    /// `cargo test -p ferry-transfer -- --ignored write_backup_golden`.
+    #[test]
+    #[ignore]
+    fn write_backup_golden() {
+        let json = serde_json::to_string_pretty(&backup_samples()).unwrap();
+        std::fs::write(format!("{GOLDEN_DIR}/session-state-v{STATE_FORMAT}-backup.json"), json + "\n").unwrap();
     }
 }
