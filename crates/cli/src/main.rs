@@ -1,5 +1,13 @@
 //! `ferry`: one binary for the server and its clients.
 
+/// `println!` for command output: a closed pipe (`ferry ls | head -1`) ends
+/// the process quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::format::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod backup_status;
 mod cli;
 mod commands;

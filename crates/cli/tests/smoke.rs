@@ -142,3 +142,25 @@ fn a_second_command_on_the_same_connection_follows_a_get() {
     assert_eq!(ty, 0x02, "{}", String::from_utf8_lossy(&payload));
     assert!(payload.starts_with(b"ENTRY name=a.bin"));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for i in 0..300 {
+        std::fs::create_dir_all(server.root()).unwrap();
+        std::fs::write(server.root().join(format!("f{i:03}.txt")), b"x").unwrap();
+    }
+    // `ferry ls | head -0`: the reader is gone before the first line.
+    let mut child = server
+        .client(dir.path(), &["ls"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "ferry ls panicked on a closed pipe: {stderr}");
+    assert!(out.status.success(), "ferry ls into a closed pipe: {} {stderr}", out.status);
+}

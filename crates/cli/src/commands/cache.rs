@@ -12,16 +12,16 @@ pub async fn run(args: LsArgs) -> anyhow::Result<()> {
     let opts = super::client_options(&args.client);
     let snap = client::list_cache(&opts).await.context("cache")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&snap)?);
+        outln!("{}", serde_json::to_string_pretty(&snap)?);
         return Ok(());
     }
     if !snap.entries.is_empty() {
-        println!("{:>10}  {:>6}  {:>9}  name (next to be evicted first)", "size", "hits", "age");
+        outln!("{:>10}  {:>6}  {:>9}  name (next to be evicted first)", "size", "hits", "age");
     }
     for e in &snap.entries {
-        println!("{:>10}  {:>6}  {:>8.1}s  {}", format::bytes(e.size), e.hits, e.age_ms as f64 / 1000.0, e.name);
+        outln!("{:>10}  {:>6}  {:>8.1}s  {}", format::bytes(e.size), e.hits, e.age_ms as f64 / 1000.0, e.name);
     }
-    println!(
+    outln!(
         "{} files, {} of {} held ({}); hit ratio {:.1}% of requests, {:.1}% of bytes ({} hits, {} misses); {} evictions",
         snap.entries.len(),
         format::bytes(snap.bytes_held),

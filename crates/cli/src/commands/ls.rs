@@ -11,13 +11,13 @@ pub async fn run(args: LsArgs) -> anyhow::Result<()> {
     let opts = super::client_options(&args.client);
     let entries = client::list(&opts).await.context("ls")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        outln!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
     for e in &entries {
-        println!("{:>10}  {}", format::bytes(e.size), e.name);
+        outln!("{:>10}  {}", format::bytes(e.size), e.name);
     }
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    println!("{} files, {}", entries.len(), format::bytes(total));
+    outln!("{} files, {}", entries.len(), format::bytes(total));
     Ok(())
 }

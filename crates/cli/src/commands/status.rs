@@ -8,16 +8,16 @@ use crate::format;
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let status = query_status(&args.data).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!("ferry {} — pid {}, up {}s", status.version, status.pid, status.uptime_secs);
-    println!("data {}  root {}", status.data_dir, status.root);
+    outln!("ferry {} — pid {}, up {}s", status.version, status.pid, status.uptime_secs);
+    outln!("data {}  root {}", status.data_dir, status.root);
     for (name, addr) in &status.listeners {
-        println!("  {name:<10} {addr}");
+        outln!("  {name:<10} {addr}");
     }
     let c = &status.counters;
-    println!(
+    outln!(
         "connections {} open, {} total; sent {}, received {}; transfers {} ok, {} failed",
         status.connections,
         c.connections_total,
@@ -27,10 +27,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         c.transfers_failed
     );
     if !status.upgrades.is_empty() {
-        println!("upgrades:");
+        outln!("upgrades:");
         for u in &status.upgrades {
             let gap = u.pause_gap_us.map(|g| format!("{:.2} ms", g as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-            println!(
+            outln!(
                 "  {} pid {} ({}) -> {} ({}) gap {gap}, {} sessions: {}",
                 u.unix_ms,
                 u.old_pid,
@@ -45,11 +45,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     if let Some(backups) = status.services.get("transfer").and_then(|t| t["backups"].as_array())
         && !backups.is_empty()
     {
-        println!("backup nodes:");
+        outln!("backup nodes:");
         for b in backups {
             let lag_files = b["lag_files"].as_u64().unwrap_or(0);
             let lag = format!("{lag_files} files, {}", format::bytes(b["lag_bytes"].as_u64().unwrap_or(0)));
-            println!(
+            outln!(
                 "  {} {} {}, lag {lag}; {} files held",
                 b["node"].as_str().unwrap_or("?"),
                 b["peer"].as_str().unwrap_or("?"),
@@ -59,11 +59,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     if !status.transfers.is_empty() {
-        println!("transfers in progress:");
+        outln!("transfers in progress:");
         for t in &status.transfers {
             let size = t.size.map(format::bytes).unwrap_or_else(|| "?".into());
             let pct = t.size.filter(|s| *s > 0).map(|s| format!(" ({:.0}%)", t.offset as f64 * 100.0 / s as f64));
-            println!("  {:?} {} {}/{}{}", t.kind, t.name, format::bytes(t.offset), size, pct.unwrap_or_default());
+            outln!("  {:?} {} {}/{}{}", t.kind, t.name, format::bytes(t.offset), size, pct.unwrap_or_default());
         }
     }
     Ok(())

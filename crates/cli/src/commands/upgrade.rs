@@ -15,9 +15,9 @@ pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
     match request_upgrade(&args.data, binary).await? {
         Ok(report) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                outln!(
                     "upgraded: pid {} ({}) -> pid {} ({}), pause gap {:.2} ms, {} sessions moved",
                     report.old_pid,
                     report.old_version,
