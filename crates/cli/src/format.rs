@@ -29,6 +29,21 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     }
 }
 
+/// Writes one line of command output. A reader that went away (a closed
+/// pipe) ends the process with status 0, as the output is no longer
+/// wanted; any other write failure ends it with status 1.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("ferry: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,20 +62,5 @@ mod tests {
         assert_eq!(bytes(10), "10 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
-    }
-}
-
-/// Writes one line of command output. A reader that went away (a closed
-/// pipe) ends the process with status 0, as the output is no longer
-/// wanted; any other write failure ends it with status 1.
-pub fn write_stdout(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("ferry: cannot write to standard output: {e}");
-        std::process::exit(1);
     }
 }
