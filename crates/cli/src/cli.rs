@@ -67,10 +67,10 @@ pub struct ServeArgs {
     /// kv (memcached protocol) port [default: 11211]
     #[arg(long, value_name = "N")]
     pub kv_port: Option<u16>,
-    /// Sync service port [default: 7071] (arrives in a later release)
+    /// Sync service port, for clients' updates; 0 picks a free one [default: 7071]
     #[arg(long, value_name = "N")]
     pub sync_port: Option<u16>,
-    /// Sync push port [default: 7072] (arrives in a later release)
+    /// Sync push port, for the server's updates to clients; 0 picks a free one [default: 7072]
     #[arg(long, value_name = "N")]
     pub sync_push_port: Option<u16>,
     /// Do not start the HTTP gateway
