@@ -28,6 +28,34 @@ pub enum Command {
     Upgrade(UpgradeArgs),
     /// Print the effective configuration (TOML) with every default
     Config(ServeArgs),
+    /// Keep a folder in sync with a server, and through it with every other client
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Server host name or address
+    pub host: String,
+    /// Folder to keep in sync (created if missing); the client's state lives in FOLDER/.ferry-sync/
+    pub folder: PathBuf,
+    /// The server's sync port, for this client's updates
+    #[arg(long, default_value_t = ferry_sync::client::DEFAULT_PORT, value_name = "N")]
+    pub port: u16,
+    /// The server's sync push port, for the server's updates to this client
+    #[arg(long, default_value_t = ferry_sync::client::DEFAULT_PUSH_PORT, value_name = "N")]
+    pub push_port: u16,
+    /// Bytes per chunk sent (suffixes K, M); at most what the server accepts (1M by default)
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = crate::format::parse_rate)]
+    pub chunk_size: u64,
+    /// Limit the upload rate, in bytes per second (suffixes K, M, G)
+    #[arg(long, value_name = "RATE", value_parser = crate::format::parse_rate)]
+    pub limit_rate: Option<u64>,
+    /// This client's id (letters, digits, '.', '_', '-') [default: the one saved in the folder, or a new one]
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// No progress or per-file lines, even on a terminal
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

@@ -8,6 +8,7 @@
 //! The wire format is specified in `docs/sync-protocol.md`, the operator's view in `docs/sync.md`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 pub mod client_id;
 pub mod conflict_name;
 pub mod local_metadata;

@@ -6,6 +6,7 @@ mod ls;
 mod put;
 mod serve;
 mod status;
+mod sync;
 mod upgrade;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args).await,
         Command::Upgrade(args) => upgrade::run(args).await,
         Command::Config(args) => config::run(args),
+        Command::Sync(args) => sync::run(args).await,
     }
 }
 
