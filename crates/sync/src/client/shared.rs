@@ -466,3 +466,157 @@ fn discard(tmp: &Path) {
 fn unix_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::client::events::Silent;
+    use crate::{EntryState, MetaEntry};
+
+    fn n(s: &str) -> SafeName {
+        SafeName::parse(s, 1024).unwrap()
+    }
+
+    fn shared(dir: &Path) -> Shared {
+        let folder = Folder::open(dir, 1024, 1000).unwrap();
+        let state = StateFiles::lock(folder.state_dir()).unwrap();
+        let options = SyncOptions::new("localhost", dir);
+        Shared::new(folder, state, ClientId::parse("me").unwrap(), LocalMetadata::new(), options, Arc::new(Silent))
+    }
+
+    /// A file received from the server, in a temporary file.
+    fn incoming(s: &Shared, data: &[u8]) -> std::path::PathBuf {
+        let (tmp, _) = s.folder.temp_file().unwrap();
+        std::fs::write(&tmp, data).unwrap();
+        tmp
+    }
+
+    fn synced(s: &Shared, name: &str, data: &[u8]) {
+        let tmp = incoming(s, data);
+        assert_eq!(s.apply_received(&n(name), &tmp, Md5Sum::of(data)), StatusCode::Ok);
+    }
+
+    /// Rewrites a file so that its mtime surely moves.
+    fn edit(path: &Path, data: &[u8]) {
+        std::fs::write(path, data).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(later).unwrap();
+    }
+
+    #[test]
+    fn a_new_file_is_uploaded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        std::fs::write(dir.path().join("f"), b"hello").unwrap();
+        s.refresh(&n("f"), true);
+        assert_eq!(s.take_job(), Some(Job::Upload { name: n("f") }));
+        assert_eq!(s.take_job(), None, "busy while it uploads");
+        s.upload_done(&n("f"), Md5Sum::of(b"hello"), 5);
+        s.refresh(&n("f"), true);
+        assert_eq!(s.take_job(), None, "nothing changed since");
+        assert!(!s.lock().metadata[&n("f")].is_modified());
+    }
+
+    #[test]
+    fn a_received_file_is_not_sent_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        synced(&s, "d/f", b"from the server");
+        assert_eq!(std::fs::read(dir.path().join("d/f")).unwrap(), b"from the server");
+        // The watcher reports the rename: the file is what the metadata says, nothing to send.
+        s.refresh_path(&dir.path().canonicalize().unwrap().join("d"));
+        assert_eq!(s.take_job(), None);
+    }
+
+    #[test]
+    fn a_local_edit_is_kept_as_a_conflicted_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        synced(&s, "notes.txt", b"v1");
+        // Edited here, and the watcher has not said so yet.
+        edit(&dir.path().join("notes.txt"), b"my edit");
+        let tmp = incoming(&s, b"v2 from elsewhere");
+        assert_eq!(s.apply_received(&n("notes.txt"), &tmp, Md5Sum::of(b"v2 from elsewhere")), StatusCode::Ok);
+        assert_eq!(std::fs::read(dir.path().join("notes.txt")).unwrap(), b"v2 from elsewhere");
+        let copies: Vec<String> = s
+            .lock()
+            .metadata
+            .keys()
+            .filter(|k| k.as_str().starts_with("notes (conflicted copy me "))
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        assert_eq!(std::fs::read(dir.path().join(&copies[0])).unwrap(), b"my edit");
+        assert_eq!(s.take_job(), Some(Job::Upload { name: n(&copies[0]) }), "the copy syncs like any file");
+        assert_eq!(s.take_job(), None);
+    }
+
+    #[test]
+    fn deletes_both_ways_and_modify_beats_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        synced(&s, "a/gone", b"x");
+        synced(&s, "kept", b"y");
+        // The server deleted a/gone, unchanged here: it goes, with its directory.
+        assert_eq!(s.apply_delete(&n("a/gone")), StatusCode::Ok);
+        assert!(!dir.path().join("a").exists());
+        assert_eq!(s.apply_delete(&n("a/gone")), StatusCode::NoFileToDelete);
+        // The server deleted kept, edited here: it stays and goes back as a new file.
+        edit(&dir.path().join("kept"), b"edited");
+        assert_eq!(s.apply_delete(&n("kept")), StatusCode::Ok);
+        assert_eq!(std::fs::read(dir.path().join("kept")).unwrap(), b"edited");
+        assert_eq!(s.take_job(), Some(Job::Upload { name: n("kept") }));
+        s.upload_done(&n("kept"), Md5Sum::of(b"edited"), 6);
+        // Deleted here: a Delete File for the version the server has.
+        std::fs::remove_file(dir.path().join("kept")).unwrap();
+        s.refresh(&n("kept"), true);
+        assert_eq!(s.take_job(), Some(Job::Delete { name: n("kept"), md5: Md5Sum::of(b"edited") }));
+        assert_eq!(s.delete_done(&n("kept"), StatusCode::Ok), None);
+        assert!(s.lock().metadata.is_empty());
+    }
+
+    #[test]
+    fn refusals_are_retried_a_few_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let delays: Vec<_> = (0..MAX_RETRIES + 1).map(|_| s.job_failed(&n("f"), StatusCode::FileLocked)).collect();
+        assert_eq!(delays[0], Some(RETRY_STEP));
+        assert_eq!(delays[1], Some(RETRY_STEP * 2));
+        assert_eq!(delays[MAX_RETRIES as usize], None);
+    }
+
+    #[test]
+    fn reconciliation_requests_uploads_and_keeps_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        synced(&s, "both", b"v1");
+        s.upload_done(&n("both"), Md5Sum::of(b"v1"), 2);
+        edit(&dir.path().join("both"), b"mine");
+        std::fs::write(dir.path().join("only-here"), b"new").unwrap();
+        s.rescan(false);
+        let file = |data: &[u8], version| MetaEntry {
+            version,
+            mtime_ns: 1,
+            state: EntryState::File { size: data.len() as u64, md5: Md5Sum::of(data) },
+        };
+        let server = Metadata {
+            last_version: 3,
+            entries: BTreeMap::from([(n("both"), file(b"theirs", 2)), (n("only-there"), file(b"t", 3))]),
+        };
+        s.apply_reconcile(&server);
+        let mut requested = Vec::new();
+        while let Some((name, _)) = s.take_request() {
+            requested.push(name.to_string());
+        }
+        assert_eq!(requested, ["both", "only-there"]);
+        let mut jobs = Vec::new();
+        while let Some(job) = s.take_job() {
+            jobs.push(job);
+        }
+        assert_eq!(jobs.len(), 2, "{jobs:?}");
+        assert!(jobs.contains(&Job::Upload { name: n("only-here") }));
+        assert!(!dir.path().join("both").exists(), "the local edit moved aside for the server's version");
+    }
+}
