@@ -271,6 +271,15 @@ impl Shared {
         delay
     }
 
+    /// An upload was given up because the file changed while it was sent: the new version goes next.
+    pub fn upload_abandoned(&self, name: &SafeName) {
+        let mut inner = self.lock();
+        inner.busy.remove(name);
+        inner.dirty.insert(name.clone());
+        drop(inner);
+        self.wake();
+    }
+
     /// Puts `name` back in line for the update connection (a retry).
     pub fn retry(&self, name: &SafeName) {
         self.lock().dirty.insert(name.clone());

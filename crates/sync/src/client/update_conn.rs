@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::events::{Direction, SyncEvent};
+use super::folder::mtime_ns;
 use super::rate_limit::RateLimit;
 use super::shared::{Job, Shared};
 use crate::message_reader::{MessageReader, Next, encode};
@@ -36,6 +37,14 @@ enum Expect {
     Abort,
 }
 
+/// A file's md5 with the size and mtime of the version it is the digest of.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    md5: Md5Sum,
+    size: u64,
+    mtime_ns: i64,
+}
+
 #[derive(Debug, Clone)]
 struct Chunk {
     data: Bytes,
@@ -46,6 +55,10 @@ struct Chunk {
 struct Upload {
     file: Arc<File>,
     size: u64,
+    /// The file as the client last digested it, when the file opened is still that version: its
+    /// chunks then need no whole-file digest, only a check before Finished that the file did not
+    /// change meanwhile.
+    known: Option<Known>,
     /// Bytes handed to chunks so far.
     read_to: u64,
     /// The whole file's digest so far; away while a read holds it.
@@ -63,7 +76,7 @@ struct Upload {
 
 struct ReadOut {
     chunk: Option<Chunk>,
-    hasher: Md5,
+    hasher: Option<Md5>,
     /// Set at the end of the file (the size may be smaller than at the start: the file shrank).
     end: Option<(u64, Md5Sum)>,
 }
@@ -256,10 +269,10 @@ impl Driver {
                         if !meta.is_file() {
                             return Err(io::Error::other("not a regular file"));
                         }
-                        Ok((file, meta.len()))
+                        Ok((file, meta.len(), mtime_ns(&meta)))
                     })
                     .await;
-                    let (file, size) = match opened {
+                    let (file, size, mtime) = match opened {
                         Ok(Ok(opened)) => opened,
                         Ok(Err(e)) => {
                             // Gone or unreadable: the watcher reports what it became.
@@ -273,11 +286,18 @@ impl Driver {
                             continue;
                         }
                     };
+                    let current = self.shared.lock().metadata.get(&name).and_then(|e| e.current);
+                    let known = current.filter(|f| f.size == size && f.mtime_ns == mtime).map(|f| Known {
+                        md5: f.md5,
+                        size,
+                        mtime_ns: mtime,
+                    });
                     let mut upload = Upload {
                         file: Arc::new(file),
                         size,
+                        known,
                         read_to: 0,
-                        hasher: Some(Md5::new()),
+                        hasher: known.is_none().then(Md5::new),
                         reading: false,
                         ready: None,
                         unanswered: None,
@@ -298,13 +318,18 @@ impl Driver {
         if upload.reading || upload.ready.is_some() || upload.whole.is_some() || upload.read_to >= upload.size {
             return;
         }
-        let Some(hasher) = upload.hasher.take() else { return };
+        let hasher = match (upload.hasher.take(), upload.known) {
+            (Some(hasher), _) => Some(hasher),
+            (None, Some(_)) => None,
+            // The digest is away with a read in flight.
+            (None, None) => return,
+        };
         let chunk_size = u64::from(self.shared.options.chunk_size);
-        let (file, at, size) = (upload.file.clone(), upload.read_to, upload.size);
+        let (file, at, size, known) = (upload.file.clone(), upload.read_to, upload.size, upload.known);
         let len = chunk_size.min(size - at);
         let name = name.clone();
         upload.reading = true;
-        self.reads.spawn_blocking(move || (name, read_chunk(&file, at, len, size, hasher)));
+        self.reads.spawn_blocking(move || (name, read_chunk(&file, at, len, size, hasher, known)));
     }
 
     fn read_done(&mut self, name: SafeName, read: io::Result<ReadOut>) {
@@ -312,7 +337,7 @@ impl Driver {
         upload.reading = false;
         match read {
             Ok(out) => {
-                upload.hasher = Some(out.hasher);
+                upload.hasher = out.hasher;
                 if let Some(chunk) = out.chunk {
                     upload.read_to += chunk.data.len() as u64;
                     upload.ready = Some(chunk);
@@ -366,6 +391,15 @@ impl Driver {
                 } else if let Some(md5) = upload.whole
                     && upload.acked >= upload.size
                 {
+                    if !unchanged(&upload) {
+                        // Written to while it was sent: the md5 known at the start is not the bytes
+                        // sent. The server drops them; the change is sent afresh.
+                        self.send(conn, &Message::AbortFile { md5: Md5Sum::ZERO, name: name.clone() });
+                        self.expect.push_back(Expect::Abort);
+                        self.order.retain(|n| *n != name);
+                        self.shared.upload_abandoned(&name);
+                        continue;
+                    }
                     self.send(conn, &Message::Finished { md5, name: name.clone() });
                     self.expect.push_back(Expect::Finished(name.clone()));
                     upload.finished_sent = true;
@@ -396,9 +430,23 @@ fn schedule_retry(shared: &Arc<Shared>, name: SafeName, delay: std::time::Durati
     });
 }
 
-/// Reads `len` bytes at `at` of a file of `size` bytes, digests them as a chunk and into the whole
-/// file's digest.
-fn read_chunk(file: &File, at: u64, len: u64, size: u64, mut hasher: Md5) -> io::Result<ReadOut> {
+/// Whether an upload that relies on the md5 known at its start still has that file (same size and
+/// mtime on the open descriptor).
+fn unchanged(upload: &Upload) -> bool {
+    let Some(known) = upload.known else { return true };
+    upload.file.metadata().is_ok_and(|m| m.len() == known.size && mtime_ns(&m) == known.mtime_ns)
+}
+
+/// Reads `len` bytes at `at` of a file of `size` bytes and digests them as a chunk, and into the whole
+/// file's digest unless that is `known` already.
+fn read_chunk(
+    file: &File,
+    at: u64,
+    len: u64,
+    size: u64,
+    hasher: Option<Md5>,
+    known: Option<Known>,
+) -> io::Result<ReadOut> {
     let mut buf = vec![0u8; len as usize];
     let mut got = 0;
     while got < buf.len() {
@@ -410,18 +458,30 @@ fn read_chunk(file: &File, at: u64, len: u64, size: u64, mut hasher: Md5) -> io:
         }
     }
     buf.truncate(got);
+    let read_to = at + got as u64;
+    let ends = read_to >= size || (got as u64) < len;
+    let Some(mut hasher) = hasher else {
+        // The whole file's md5 is known; a file that shrank is caught before Finished.
+        let md5 = Md5Sum::of(&buf);
+        let end = known.filter(|_| ends).map(|k| (read_to, k.md5));
+        let chunk = (got > 0).then(|| Chunk { data: Bytes::from(buf), md5 });
+        return Ok(ReadOut { chunk, hasher: None, end });
+    };
     if got == 0 {
         // The file shrank below what was read: it ends here.
-        return Ok(ReadOut { chunk: None, end: Some((at, Md5Sum(hasher.clone().finalize().into()))), hasher });
+        return Ok(ReadOut {
+            chunk: None,
+            end: Some((at, Md5Sum(hasher.clone().finalize().into()))),
+            hasher: Some(hasher),
+        });
     }
     let md5 = Md5Sum::of(&buf);
-    let read_to = at + got as u64;
     let end = if at == 0 && read_to >= size {
         // A file of one chunk: its digest is the chunk's.
         Some((read_to, md5))
     } else {
         hasher.update(&buf);
-        (read_to >= size || (got as u64) < len).then(|| (read_to, Md5Sum(hasher.clone().finalize().into())))
+        ends.then(|| (read_to, Md5Sum(hasher.clone().finalize().into())))
     };
-    Ok(ReadOut { chunk: Some(Chunk { data: Bytes::from(buf), md5 }), hasher, end })
+    Ok(ReadOut { chunk: Some(Chunk { data: Bytes::from(buf), md5 }), hasher: Some(hasher), end })
 }
