@@ -13,6 +13,7 @@ use super::events::SyncEvent;
 use super::shared::Shared;
 use super::{push_conn, update_conn};
 use crate::message_reader::{MessageReader, Next, encode, max_message_len};
+use crate::wire::metadata::METADATA_HEADER_LEN;
 use crate::{Hello, Message, Metadata, PROTOCOL_VERSION, Role, StatusCode};
 
 /// How long connecting and the handshake may take.
@@ -64,7 +65,10 @@ pub(crate) async fn run(shared: &Arc<Shared>, stop: &CancellationToken) -> Resul
 /// Opens and introduces both connections; returns them and the server's META-DATA.
 async fn connect(shared: &Arc<Shared>) -> Result<(Conn, Conn, Metadata), SessionError> {
     let options = &shared.options;
-    let max = max_message_len(&options.limits) + (2 << 20);
+    // The largest message either connection may carry (a chunk, or the META-DATA at connect), plus
+    // room for one read.
+    let largest = max_message_len(&options.limits).max(options.limits.max_metadata_bytes as usize + METADATA_HEADER_LEN);
+    let max = largest + (2 << 20);
     let mut update = open(&options.host, options.port, max).await?;
     let hello = |role| Message::Hello(Hello::new(role, shared.client_id.clone()));
     update.queue(encode(&hello(Role::Update)));
