@@ -44,7 +44,7 @@ if ((QUICK)); then
 else
     COUNT=${COUNT:-100} FILES=${FILES:-1000} SIZE=${SIZE:-1G}
 fi
-need_tools cargo python3 socat ss cmp sync awk sort numfmt df git
+need_tools cargo python3 socat ss cmp sync awk sort numfmt df git getconf
 ((BASH_VERSINFO[0] >= 5)) || die "needs bash 5 (EPOCHREALTIME)"
 BYTES=$(numfmt --from=iec "$SIZE") || die "bad SIZE: $SIZE"
 [[ $COUNT =~ ^[0-9]+$ && $FILES =~ ^[0-9]+$ && $BYTES =~ ^[0-9]+$ ]] || die "COUNT, FILES and SIZE must be numbers"
@@ -129,11 +129,20 @@ RAW_US=$((t1 - t0))
 cmp -s "$WORK/input" "$RAW_OUT" || die "raw copy differs from the input"
 rm -f "$RAW_OUT"
 
+# CPU clock ticks (user + system) a process has used.
+cpu_ticks() { local l; read -r l <"/proc/$1/stat"; l=${l##*) }; set -- $l; echo $((${12} + ${13})); }
+SERVER_PID=$(<"$DATA/ferry.pid")
 sync
+cpu0=("$(cpu_ticks "${CLIENT_PIDS[0]}")" "$(cpu_ticks "$SERVER_PID")" "$(cpu_ticks "${CLIENT_PIDS[1]}")")
 t0=$(now_us)
 mv "$WORK/input" "$WORK/A/big.bin"
 arrived=$($PROBE arrive "$WORK/B" big.bin "$BYTES") || die "the big file did not arrive"
 SYNC_US=$(awk -v a="$arrived" -v t="$t0" 'BEGIN { printf "%d", a * 1e6 - t }')
+sleep 0.5 # B finishes answering the push
+TICK=$(getconf CLK_TCK)
+CPU_A=$(( $(cpu_ticks "${CLIENT_PIDS[0]}") - cpu0[0] ))
+CPU_S=$(( $(cpu_ticks "$SERVER_PID") - cpu0[1] ))
+CPU_B=$(( $(cpu_ticks "${CLIENT_PIDS[1]}") - cpu0[2] ))
 cmp -s "$WORK/A/big.bin" "$WORK/B/big.bin" || die "B's copy of the big file differs"
 
 # --- report --------------------------------------------------------------------
@@ -143,7 +152,8 @@ machine_facts "$ROOT"
 echo "  command    bench/sync.sh$( ((QUICK)) && echo " --quick")  (COUNT=$COUNT FILES=$FILES SIZE=$SIZE)"
 echo
 awk -v p50="$P50" -v p99="$P99" -v max="$MAX" -v n="$COUNT" -v bulk="$BULK" -v files="$FILES" \
-    -v raw="$RAW_US" -v ferry="$SYNC_US" -v bytes="$BYTES" -v size="$SIZE" 'BEGIN {
+    -v raw="$RAW_US" -v ferry="$SYNC_US" -v bytes="$BYTES" -v size="$SIZE" \
+    -v a="$CPU_A" -v s="$CPU_S" -v bb="$CPU_B" -v tick="$TICK" 'BEGIN {
     mib = bytes / 1048576
     printf "| measure | result | target |\n|---|---|---|\n"
     printf "| latency p50 (%d x 1 KiB, A to B) | %.1f ms | < 50 ms |\n", n, p50
@@ -153,4 +163,5 @@ awk -v p50="$P50" -v p99="$P99" -v max="$MAX" -v n="$COUNT" -v bulk="$BULK" -v f
     printf "| %s file, raw loopback copy + fsync | %.2f s (%.0f MiB/s) | |\n", size, raw / 1e6, mib / (raw / 1e6)
     printf "| %s file, A to B through the server | %.2f s (%.0f MiB/s) | |\n", size, ferry / 1e6, mib / (ferry / 1e6)
     printf "| %s file, ferry rate / raw rate | %.2fx | >= 0.5x |\n", size, raw / ferry
+    printf "| %s file, CPU (user + system): client A / server / client B | %.2f / %.2f / %.2f s | |\n", size, a / tick, s / tick, bb / tick
 }'
