@@ -18,6 +18,9 @@ mod state_file;
 mod update_conn;
 mod watcher;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -67,7 +67,8 @@ async fn connect(shared: &Arc<Shared>) -> Result<(Conn, Conn, Metadata), Session
     let options = &shared.options;
     // The largest message either connection may carry (a chunk, or the META-DATA at connect), plus
     // room for one read.
-    let largest = max_message_len(&options.limits).max(options.limits.max_metadata_bytes as usize + METADATA_HEADER_LEN);
+    let largest =
+        max_message_len(&options.limits).max(options.limits.max_metadata_bytes as usize + METADATA_HEADER_LEN);
     let max = largest + (2 << 20);
     let mut update = open(&options.host, options.port, max).await?;
     let hello = |role| Message::Hello(Hello::new(role, shared.client_id.clone()));

@@ -476,12 +476,20 @@ fn unix_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A client's shared state on `dir`, with id `me`, for tests.
+#[cfg(test)]
+pub(crate) fn test_shared(dir: &Path, options: SyncOptions) -> Shared {
+    let folder = Folder::open(dir, 1024, 1000).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let state = StateFiles::lock(folder.state_dir()).unwrap_or_else(|e| panic!("lock: {e}"));
+    let id = ClientId::parse("me").unwrap_or_else(|e| panic!("{e}"));
+    Shared::new(folder, state, id, LocalMetadata::new(), options, Arc::new(super::events::Silent))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::client::events::Silent;
     use crate::{EntryState, MetaEntry};
 
     fn n(s: &str) -> SafeName {
@@ -489,10 +497,7 @@ mod tests {
     }
 
     fn shared(dir: &Path) -> Shared {
-        let folder = Folder::open(dir, 1024, 1000).unwrap();
-        let state = StateFiles::lock(folder.state_dir()).unwrap();
-        let options = SyncOptions::new("localhost", dir);
-        Shared::new(folder, state, ClientId::parse("me").unwrap(), LocalMetadata::new(), options, Arc::new(Silent))
+        test_shared(dir, SyncOptions::new("localhost", dir))
     }
 
     /// A file received from the server, in a temporary file.
