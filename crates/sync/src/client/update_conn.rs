@@ -275,14 +275,14 @@ impl Driver {
                     let (file, size, mtime) = match opened {
                         Ok(Ok(opened)) => opened,
                         Ok(Err(e)) => {
-                            // Gone or unreadable: the watcher reports what it became.
+                            // Gone (the watcher reports what it became) or unreadable for now.
                             tracing::debug!("cannot upload {name}: {e}");
-                            self.shared.job_failed(&name, StatusCode::FileInUse);
+                            self.shared_failed(name, StatusCode::FileInUse);
                             continue;
                         }
                         Err(e) => {
                             tracing::error!("open task failed: {e}");
-                            self.shared.job_failed(&name, StatusCode::FileInUse);
+                            self.shared_failed(name, StatusCode::FileInUse);
                             continue;
                         }
                     };
