@@ -44,7 +44,7 @@ pub struct SyncArgs {
     /// The server's sync push port, for the server's updates to this client
     #[arg(long, default_value_t = ferry_sync::client::DEFAULT_PUSH_PORT, value_name = "N")]
     pub push_port: u16,
-    /// Bytes per chunk sent (suffixes K, M); at most what the server accepts (1M by default)
+    /// Bytes per chunk sent (suffixes K, M); at most the server's chunk limit (1M unless configured)
     #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = crate::format::parse_rate)]
     pub chunk_size: u64,
     /// Limit the upload rate, in bytes per second (suffixes K, M, G)
