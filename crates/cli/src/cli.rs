@@ -32,6 +32,34 @@ pub enum Command {
     Backup(BackupArgs),
     /// Print the effective configuration (TOML) with every default
     Config(ServeArgs),
+    /// Keep a folder in sync with a server, and through it with every other client
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Server host name or address
+    pub host: String,
+    /// Folder to keep in sync (created if missing); the client's state lives in FOLDER/.ferry-sync/
+    pub folder: PathBuf,
+    /// The server's sync port, for this client's updates
+    #[arg(long, default_value_t = ferry_sync::client::DEFAULT_PORT, value_name = "N")]
+    pub port: u16,
+    /// The server's sync push port, for the server's updates to this client
+    #[arg(long, default_value_t = ferry_sync::client::DEFAULT_PUSH_PORT, value_name = "N")]
+    pub push_port: u16,
+    /// Bytes per chunk sent (suffixes K, M); at most the server's chunk limit (1M unless configured)
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = crate::format::parse_rate)]
+    pub chunk_size: u64,
+    /// Limit the upload rate, in bytes per second (suffixes K, M, G)
+    #[arg(long, value_name = "RATE", value_parser = crate::format::parse_rate)]
+    pub limit_rate: Option<u64>,
+    /// This client's id (letters, digits, '.', '_', '-') [default: the one saved in the folder, or a new one]
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// No progress or per-file lines, even on a terminal
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -71,10 +99,10 @@ pub struct ServeArgs {
     /// kv (memcached protocol) port [default: 11211]
     #[arg(long, value_name = "N")]
     pub kv_port: Option<u16>,
-    /// Sync service port [default: 7071] (arrives in a later release)
+    /// Sync service port, for clients' updates; 0 picks a free one [default: 7071]
     #[arg(long, value_name = "N")]
     pub sync_port: Option<u16>,
-    /// Sync push port [default: 7072] (arrives in a later release)
+    /// Sync push port, for the server's updates to clients; 0 picks a free one [default: 7072]
     #[arg(long, value_name = "N")]
     pub sync_push_port: Option<u16>,
     /// Do not start the HTTP gateway

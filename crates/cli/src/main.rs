@@ -13,6 +13,7 @@ mod cli;
 mod commands;
 mod format;
 mod progress;
+mod sync_display;
 
 use std::process::ExitCode;
 

@@ -51,7 +51,7 @@ fn empty_file_round_trips() {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["serve", "get", "put", "ls", "status", "config"] {
+    for cmd in ["serve", "get", "put", "ls", "status", "config", "sync", "upgrade"] {
         let out = run(ferry().args([cmd, "--help"]));
         assert!(out.status.success(), "{cmd} --help failed");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{cmd} --help shows no usage");

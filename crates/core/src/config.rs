@@ -109,12 +109,39 @@ pub enum KvDurability {
     Memory,
 }
 
+/// The sync service: the update connection on `port`, the push connection
+/// on `push_port`. Plain values here (core depends on no service crate);
+/// the sync crate turns them into its wire limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
     pub enabled: bool,
     pub port: u16,
     pub push_port: u16,
+    /// Clients connected at once (each holds one connection on each port).
+    pub max_clients: usize,
+    /// Largest File Chunk payload accepted, and the size of the chunks the
+    /// server pushes.
+    pub max_chunk_size: u32,
+    /// Longest file name, in bytes.
+    pub max_name_len: u16,
+    /// Largest file one upload may carry.
+    pub max_file_size: u64,
+    /// Most files and tombstones the server tracks (and so the longest
+    /// META-DATA and push queue).
+    pub max_metadata_entries: u32,
+    /// Largest META-DATA, in bytes.
+    pub max_metadata_bytes: u32,
+    /// Files one client may be uploading at once (interleaved chunks).
+    pub max_uploads_per_client: usize,
+    /// A keep-alive goes out on a connection that sent nothing for this long.
+    pub keepalive_secs: u64,
+    /// A connection that receives nothing (keep-alives included) for this
+    /// long is closed, and its client's locks are released.
+    pub idle_timeout_secs: u64,
+    /// An upload that receives no chunk for this long is discarded and its
+    /// lock released, even if the connection stays up.
+    pub lease_timeout_secs: u64,
 }
 
 /// The in-memory file cache shared by the native GET and HTTP. Plain values
@@ -209,7 +236,21 @@ impl Default for KvConfig {
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { enabled: true, port: 7071, push_port: 7072 }
+        SyncConfig {
+            enabled: true,
+            port: 7071,
+            push_port: 7072,
+            max_clients: 1024,
+            max_chunk_size: MIB as u32,
+            max_name_len: 1024,
+            max_file_size: 1 << 40,
+            max_metadata_entries: 100_000,
+            max_metadata_bytes: (32 * MIB) as u32,
+            max_uploads_per_client: 64,
+            keepalive_secs: 10,
+            idle_timeout_secs: 60,
+            lease_timeout_secs: 120,
+        }
     }
 }
 
@@ -332,6 +373,31 @@ impl Config {
         if b.rescan_secs == 0 {
             return bad("backup.rescan_secs must be at least 1");
         }
+        let y = &self.sync;
+        if y.max_clients == 0 {
+            return bad("sync.max_clients must be at least 1");
+        }
+        if y.max_chunk_size == 0 || y.max_chunk_size > (64 * MIB) as u32 {
+            return bad("sync.max_chunk_size must be between 1 and 67108864");
+        }
+        if y.max_name_len == 0 {
+            return bad("sync.max_name_len must be at least 1");
+        }
+        if y.max_metadata_entries == 0 {
+            return bad("sync.max_metadata_entries must be at least 1");
+        }
+        if y.max_metadata_bytes == 0 || y.max_metadata_bytes > (256 * MIB) as u32 {
+            return bad("sync.max_metadata_bytes must be between 1 and 268435456");
+        }
+        if y.max_uploads_per_client == 0 || y.max_uploads_per_client > 4096 {
+            return bad("sync.max_uploads_per_client must be between 1 and 4096");
+        }
+        if y.keepalive_secs == 0 || y.idle_timeout_secs <= y.keepalive_secs {
+            return bad("sync.keepalive_secs must be at least 1 and below sync.idle_timeout_secs");
+        }
+        if y.lease_timeout_secs == 0 {
+            return bad("sync.lease_timeout_secs must be at least 1");
+        }
         Ok(())
     }
 
@@ -393,6 +459,18 @@ mod tests {
         let mut config = Config::default();
         config.backup.max_queue_bytes = 1;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn sync_limits_are_checked() {
+        let mut config = Config::default();
+        config.sync.max_chunk_size = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("sync.max_chunk_size"));
+        let mut config = Config::default();
+        config.sync.idle_timeout_secs = config.sync.keepalive_secs;
+        assert!(config.validate().unwrap_err().to_string().contains("sync.keepalive_secs"));
+        let config: Config = toml::from_str("[sync]\nmax_clients = 3\n").unwrap();
+        assert_eq!((config.sync.max_clients, config.sync.port), (3, 7071));
     }
 
     #[test]

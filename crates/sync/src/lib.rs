@@ -1,19 +1,22 @@
-//! ferry's sync service, pure part: the seed's binary sync protocol byte for byte ([`wire`]), the
-//! server's file roster with per-file lock leases ([`roster`]), per-upload chunk checking
-//! ([`upload_tracker`]), each client's pending-update queue ([`update_queue`]), and the client's
-//! connect-time reconciliation ([`mod@reconcile`]) with conflicted-copy naming ([`conflict_name`]).
+//! ferry's sync service: the seed's binary sync protocol byte for byte ([`wire`]), the server's file
+//! roster with per-file lock leases ([`roster`]), per-upload chunk checking ([`upload_tracker`]), each
+//! client's pending-update queue ([`update_queue`]), and the client's connect-time reconciliation
+//! ([`mod@reconcile`]) with conflicted-copy naming ([`conflict_name`]).
 //!
-//! Nothing here does I/O: every piece is a value the networked server and client drive, so every rule
-//! of the protocol is testable without sockets or disks. The wire format is specified in
-//! `docs/sync-protocol.md`.
+//! Those pieces do no I/O: every rule of the protocol is testable without sockets or disks. The
+//! networked [`server`] (two services on ferry's runtime) and the `ferry sync` [`client`] drive them.
+//! The wire format is specified in `docs/sync-protocol.md`, the operator's view in `docs/sync.md`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod client;
 pub mod client_id;
 pub mod conflict_name;
 pub mod local_metadata;
 pub mod md5sum;
+pub mod message_reader;
 pub mod reconcile;
 pub mod roster;
+pub mod server;
 pub mod update_queue;
 pub mod upload_tracker;
 pub mod wire;

@@ -8,6 +8,7 @@ mod ls;
 mod put;
 mod serve;
 mod status;
+mod sync;
 mod upgrade;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade(args) => upgrade::run(args).await,
         Command::Backup(args) => backup::run(args).await,
         Command::Config(args) => config::run(args),
+        Command::Sync(args) => sync::run(args).await,
     }
 }
 

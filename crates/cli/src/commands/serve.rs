@@ -9,6 +9,7 @@ use ferry_core::server::Server;
 use ferry_files::{CacheConfig, CachePolicyKind, FileCache, FileStore};
 use ferry_http::{ExtraStatus, HttpEntry, HttpLimits};
 use ferry_kv::KvService;
+use ferry_sync::server::{HubConfig, SyncHub, SyncPushService, SyncUpdateService};
 use ferry_transfer::TransferService;
 
 use super::config::effective;
@@ -64,7 +65,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         services += 1;
     }
     if config.sync.enabled {
-        tracing::debug!("the sync service is not part of this release yet");
+        let dir = config.data.join("sync");
+        let hub_config = HubConfig::from_config(&config.sync);
+        // A live upgrade's new process only reads here; it takes the state over in catch_up.
+        let fresh = !server.is_upgrade();
+        let open_dir = dir.clone();
+        let hub = tokio::task::spawn_blocking(move || SyncHub::open(&open_dir, hub_config, fresh))
+            .await
+            .context("sync state task failed")?
+            .with_context(|| format!("cannot open the sync state in {}", dir.display()))?;
+        hub.spawn_housekeeping();
+        let max = config.sync.max_clients;
+        server.add_service(SyncUpdateService::new(hub.clone()), config.sync.port, max);
+        server.add_service(SyncPushService::new(hub), config.sync.push_port, max);
+        services += 1;
     }
     if services == 0 {
         anyhow::bail!("every service is disabled; nothing to serve");

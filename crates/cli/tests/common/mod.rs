@@ -442,3 +442,61 @@ impl Drop for Memcached {
         let _ = self.child.wait();
     }
 }
+
+impl Server {
+    /// Starts a server with the sync service (update and push ports) on free ports as well as the
+    /// transfer service; find them with [`Server::sync_ports`]. Restart it with
+    /// [`Server::restart_sync`], which keeps the sync ports.
+    pub fn start_sync(dir: &Path, extra: &[&str]) -> Server {
+        Server::spawn_sync(dir.join("data"), "0", "0", extra.iter().map(|s| s.to_string()).collect())
+    }
+
+    fn spawn_sync(data: PathBuf, port: &str, push_port: &str, extra: Vec<String>) -> Server {
+        let _ = std::fs::remove_file(data.join("listen.json"));
+        let log = std::fs::create_dir_all(&data)
+            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
+            .expect("open server log");
+        let child = ferry()
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--transfer-port", "0", "--sync-port", port, "--sync-push-port", push_port, "--no-http", "--no-kv"])
+            .args(&extra)
+            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferry serve");
+        let listen = data.join("listen.json");
+        let addr = wait_for("listen.json with sync", DEADLINE, || {
+            let text = std::fs::read_to_string(&listen).ok()?;
+            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
+            map["sync"].as_str()?;
+            map["sync_push"].as_str()?;
+            map["transfer"].as_str().map(str::to_string)
+        });
+        Server { child, data, addr, extra }
+    }
+
+    /// The sync service's update and push ports, from `listen.json`.
+    pub fn sync_ports(&self) -> (u16, u16) {
+        let text = std::fs::read_to_string(self.data.join("listen.json")).expect("read listen.json");
+        let map: serde_json::Value = serde_json::from_str(&text).expect("parse listen.json");
+        let port = |key: &str| {
+            let addr = map[key].as_str().expect("listen.json has no sync address (started without sync?)");
+            addr.rsplit(':').next().unwrap().parse().unwrap()
+        };
+        (port("sync"), port("sync_push"))
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data and sync ports.
+    pub fn restart_sync(&mut self) {
+        let (port, push_port) = self.sync_ports();
+        self.kill();
+        let data = self.data.clone();
+        let extra = std::mem::take(&mut self.extra);
+        let fresh = Server::spawn_sync(data, &port.to_string(), &push_port.to_string(), extra);
+        // The old value is killed and reaped; dropping it would kill the fresh server (see `restart`).
+        std::mem::forget(std::mem::replace(self, fresh));
+    }
+}

@@ -1,0 +1,230 @@
+//! The client's push connection: the server's updates, one file at a time, each chunk checked against
+//! its md5 and written to a temporary file under `.ferry-sync/tmp/`, then moved into place (after a
+//! conflicted copy of a local edit, if there is one) when Finished's md5 matches. Every message is
+//! answered with one Status, in order.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::Conn;
+use ferry_files::SafeName;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::events::{Direction, SyncEvent};
+use super::shared::Shared;
+use crate::message_reader::{MessageReader, Next, encode};
+use crate::{ChunkVerdict, FinishVerdict, Md5Sum, Message, StatusCode, UploadTracker};
+
+/// Files the server may be sending at once (it sends one; this bounds a misbehaving one).
+const MAX_DOWNLOADS: usize = 8;
+
+/// A file being received.
+struct Download {
+    tmp: PathBuf,
+    file: Arc<File>,
+    /// Away while a chunk is being checked and written.
+    tracker: UploadTracker,
+    written: u64,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut conn: Conn, stop: CancellationToken) -> Result<(), String> {
+    let mut reader = MessageReader::default();
+    let mut downloads: HashMap<SafeName, Download> = HashMap::new();
+    let (mut last_rx, mut last_tx) = (Instant::now(), Instant::now());
+    let limits = shared.options.limits;
+    let result = 'session: loop {
+        loop {
+            let reply = match reader.next(conn.read_buf(), &limits) {
+                Next::Incomplete => break,
+                Next::Fatal(e) => return Err(format!("push connection: {e}")),
+                Next::Refused { error, status } => {
+                    tracing::debug!("push connection: refused a message: {error}");
+                    if let crate::WireError::ChunkSize { name, .. } = &error
+                        && let Ok(name) = SafeName::parse(name, limits.max_name_len())
+                        && let Some(d) = downloads.get_mut(&name)
+                    {
+                        let verdict = d.tracker.invalid_chunk_size();
+                        if verdict.is_abort() {
+                            discard(downloads.remove(&name));
+                        }
+                        Some(verdict.status())
+                    } else {
+                        status
+                    }
+                }
+                Next::Message(message) => match handle(&shared, &mut downloads, message).await {
+                    Ok(reply) => reply,
+                    Err(e) => break 'session Err(e),
+                },
+            };
+            if let Some(code) = reply {
+                conn.queue(encode(&Message::Status(code)));
+                last_tx = Instant::now();
+            }
+        }
+        let options = &shared.options;
+        let timer = (last_rx + options.idle_timeout).min(last_tx + options.keepalive);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            event = conn.pump(true) => match event {
+                Ok(event) if event.peer_closed() => break Err("the server closed the push connection".into()),
+                Ok(event) => {
+                    if event.got_input() {
+                        last_rx = Instant::now();
+                    }
+                }
+                Err(e) => break Err(format!("push connection: {e}")),
+            },
+            _ = tokio::time::sleep_until(timer) => {
+                let now = Instant::now();
+                if now >= last_rx + options.idle_timeout {
+                    break Err(format!("nothing from the server for {:?}", options.idle_timeout));
+                }
+                if now >= last_tx + options.keepalive {
+                    conn.queue(encode(&Message::Status(StatusCode::KeepAlive)));
+                    last_tx = Instant::now();
+                }
+            }
+        }
+    };
+    for (_, download) in downloads.drain() {
+        discard(Some(download));
+    }
+    result
+}
+
+/// Handles one message from the server; returns the status to answer it with, if it takes one.
+async fn handle(
+    shared: &Arc<Shared>,
+    downloads: &mut HashMap<SafeName, Download>,
+    message: Message,
+) -> Result<Option<StatusCode>, String> {
+    match message {
+        Message::FileChunk { md5, name, data } => Ok(Some(chunk(shared, downloads, md5, name, data).await)),
+        Message::Finished { md5, name } => {
+            let download = match downloads.remove(&name) {
+                Some(d) => d,
+                // An empty file: Finished alone.
+                None => match start(shared) {
+                    Some(d) => d,
+                    None => return Ok(Some(StatusCode::FileInUse)),
+                },
+            };
+            match download.tracker.finish(md5) {
+                FinishVerdict::Complete { md5, .. } => {
+                    let (shared, tmp) = (shared.clone(), download.tmp.clone());
+                    let applied = tokio::task::spawn_blocking(move || shared.apply_received(&name, &tmp, md5)).await;
+                    Ok(Some(applied.unwrap_or(StatusCode::FileInUse)))
+                }
+                verdict => {
+                    tracing::warn!("dropping {name} from the server: {}", verdict.status().description());
+                    discard(Some(download));
+                    Ok(Some(verdict.status()))
+                }
+            }
+        }
+        Message::AbortFile { name, .. } => {
+            discard(downloads.remove(&name));
+            Ok(Some(StatusCode::Ok))
+        }
+        Message::DeleteFile { name, .. } => {
+            let shared = shared.clone();
+            let applied = tokio::task::spawn_blocking(move || shared.apply_delete(&name)).await;
+            Ok(Some(applied.unwrap_or(StatusCode::FileInUse)))
+        }
+        Message::Status(code) => {
+            if code != StatusCode::KeepAlive {
+                tracing::debug!("push connection: status {}", code.description());
+            }
+            Ok(None)
+        }
+        other => Err(format!("the server sent {} on the push connection", other.message_type().name())),
+    }
+}
+
+async fn chunk(
+    shared: &Arc<Shared>,
+    downloads: &mut HashMap<SafeName, Download>,
+    md5: Md5Sum,
+    name: SafeName,
+    data: Bytes,
+) -> StatusCode {
+    if !downloads.contains_key(&name) {
+        if downloads.len() >= MAX_DOWNLOADS {
+            return StatusCode::FileInUse;
+        }
+        match start(shared) {
+            Some(d) => downloads.insert(name.clone(), d),
+            None => return StatusCode::FileInUse,
+        };
+    }
+    let Some(download) = downloads.remove(&name) else { return StatusCode::FileInUse };
+    let Download { tmp, file, mut tracker, written } = download;
+    let len = data.len() as u64;
+    let task_file = file.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let verdict = tracker.chunk(md5, &data);
+        let write = if verdict == ChunkVerdict::Accepted { task_file.write_all_at(&data, written) } else { Ok(()) };
+        (tracker, verdict, write)
+    })
+    .await;
+    let Ok((tracker, verdict, write)) = done else {
+        discard(Some(Download { tmp, file, tracker: UploadTracker::new(0), written }));
+        return StatusCode::FileInUse;
+    };
+    let mut download = Download { tmp, file, tracker, written };
+    match (verdict, write) {
+        (ChunkVerdict::Accepted, Ok(())) => {
+            download.written += len;
+            shared.observer.event(SyncEvent::Progress {
+                name: name.clone(),
+                direction: Direction::Down,
+                done: download.written,
+                total: 0,
+            });
+            downloads.insert(name, download);
+            StatusCode::Ok
+        }
+        (ChunkVerdict::Accepted, Err(e)) => {
+            tracing::warn!("cannot write {name}: {e}");
+            discard(Some(download));
+            StatusCode::FileInUse
+        }
+        (verdict, _) if verdict.is_abort() => {
+            discard(Some(download));
+            verdict.status()
+        }
+        (verdict, _) => {
+            downloads.insert(name, download);
+            verdict.status()
+        }
+    }
+}
+
+/// A new download into a temporary file; `None` if none can be made.
+fn start(shared: &Shared) -> Option<Download> {
+    match shared.folder.temp_file() {
+        Ok((tmp, file)) => Some(Download {
+            tmp,
+            file: Arc::new(file),
+            tracker: UploadTracker::new(shared.options.limits.max_file_size),
+            written: 0,
+        }),
+        Err(e) => {
+            tracing::warn!("cannot make a temporary file: {e}");
+            None
+        }
+    }
+}
+
+fn discard(download: Option<Download>) {
+    if let Some(d) = download {
+        let _ = std::fs::remove_file(&d.tmp);
+    }
+}

@@ -1,0 +1,98 @@
+//! An upload's bytes while it is in progress: `<data>/sync/uploads/<id>.part`, outside the synced
+//! tree, so no client is ever sent (and no listing ever shows) a partial file. Finished, it is renamed
+//! into place by [`ferry_files::FileStore::commit`]; aborted or abandoned, it is deleted. A live
+//! upgrade carries the id and the length written, and the new process reopens it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A partial upload on disk.
+#[derive(Debug, Clone)]
+pub(crate) struct StagedUpload {
+    pub id: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+}
+
+impl StagedUpload {
+    fn path_of(dir: &Path, id: u64) -> PathBuf {
+        dir.join(format!("{id:016x}.part"))
+    }
+
+    /// A new, empty staged file in `dir`.
+    pub fn create(dir: &Path) -> io::Result<StagedUpload> {
+        for _ in 0..8 {
+            let id: u64 = rand::random();
+            let path = Self::path_of(dir, id);
+            match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+                Ok(file) => return Ok(StagedUpload { id, path, file: Arc::new(file) }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free staged upload name after 8 tries"))
+    }
+
+    /// Reopens a staged file a parked session left, cut back to the `written` bytes it accounted for.
+    pub fn reopen(dir: &Path, id: u64, written: u64) -> io::Result<StagedUpload> {
+        let path = Self::path_of(dir, id);
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if len < written {
+            return Err(io::Error::other(format!("staged upload holds {len} bytes, {written} expected")));
+        }
+        file.set_len(written)?;
+        Ok(StagedUpload { id, path, file: Arc::new(file) })
+    }
+
+    /// Writes an accepted chunk at `offset`.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    /// Deletes the staged file (an abort, a disconnect); already gone is fine.
+    pub fn discard(&self) {
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove staged upload {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Removes every staged file in `dir`: at a fresh start no session owns one (their clients are gone
+/// and upload again when they reconnect). Returns how many were removed.
+pub(crate) fn clear_dir(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_write_reopen_discard() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = StagedUpload::create(dir.path()).unwrap();
+        staged.write_at(b"hello world", 0).unwrap();
+        let again = StagedUpload::reopen(dir.path(), staged.id, 5).unwrap();
+        assert_eq!(std::fs::read(&again.path).unwrap(), b"hello");
+        assert!(StagedUpload::reopen(dir.path(), staged.id, 6).is_err(), "shorter than accounted for");
+        again.discard();
+        again.discard();
+        assert!(!again.path.exists());
+        StagedUpload::create(dir.path()).unwrap();
+        assert_eq!(clear_dir(dir.path()).unwrap(), 1);
+    }
+}
