@@ -7,6 +7,7 @@ use std::time::Duration;
 use ferry_files::{FileCache, FileStore};
 
 use crate::metrics::HttpMetrics;
+use crate::resolved_names::ResolvedNames;
 
 /// Supplies the live server status (connections, transfers with progress,
 /// upgrade history, cache snapshot) as JSON; the runtime wires it to the
@@ -76,6 +77,8 @@ struct Shared {
     metrics: Arc<HttpMetrics>,
     /// Whole-file reads go through it when set (shared with the native GET).
     cache: Option<Arc<FileCache>>,
+    /// Names checked a moment ago: their GETs skip the blocking pool.
+    resolved: ResolvedNames,
 }
 
 impl HttpState {
@@ -91,11 +94,16 @@ impl HttpState {
         cache: Option<Arc<FileCache>>,
     ) -> HttpState {
         let metrics = Arc::new(HttpMetrics::default());
-        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache }) }
+        let resolved = ResolvedNames::default();
+        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache, resolved }) }
     }
 
     pub fn cache(&self) -> Option<&Arc<FileCache>> {
         self.inner.cache.as_ref()
+    }
+
+    pub(crate) fn resolved(&self) -> &ResolvedNames {
+        &self.inner.resolved
     }
 
     pub fn store(&self) -> &Arc<FileStore> {
