@@ -1,8 +1,8 @@
 //! A large file (or a range of it) as a streamed response body.
 //!
-//! Pieces are read positionally (`read_at`) on the blocking pool, one piece
-//! ahead of the socket: the first is [`FIRST_PIECE`] so a response starts
-//! quickly, each next one twice as large up to [`MAX_PIECE`]. Memory per
+//! Pieces are read ([`read_piece`]: no zeroing first) on the blocking pool,
+//! one piece ahead of the socket: the first is [`FIRST_PIECE`] so a response
+//! starts quickly, each next one twice as large up to [`MAX_PIECE`]. Memory per
 //! download is therefore at most two pieces, and no blocking thread is held
 //! while the client is slow to read.
 //!
@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -26,7 +25,7 @@ use ferry_files::Etag;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::file_body::{ensure_unchanged, shrunk_is_changed};
+use crate::file_body::{ensure_unchanged, read_piece};
 
 pub const FIRST_PIECE: usize = 256 << 10;
 pub const MAX_PIECE: usize = 1 << 20;
@@ -69,10 +68,11 @@ impl FileStream {
         let len = usize::try_from(self.end - self.next).map_or(self.piece, |left| left.min(self.piece));
         let (file, etag, offset) = (self.file.clone(), self.etag.clone(), self.next);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset).map_err(shrunk_is_changed)?;
+            // One read at a time per stream (`pending`), so the file's
+            // position is ours.
+            let piece = read_piece(&file, offset, len)?;
             ensure_unchanged(&file, &etag)?;
-            Ok(Bytes::from(buf))
+            Ok(piece)
         }));
         self.next += len as u64;
         self.piece = (self.piece * 2).min(MAX_PIECE);
