@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # HTTP benchmark: ferry's HTTP gateway and file cache against nginx, side by
-# side in one run, reported as ratios; then ferry's memory under 200
-# concurrent downloads.
+# side in one run, reported as ratios; then ferry's memory under 100
+# streamed downloads and 100 cached-file clients at once.
 #
-#   bench/http.sh            3 rounds of 10 s wrk runs, a 1 GiB file, a 256 MiB memory test
-#   bench/http.sh --quick    1 round of 3 s runs, a 256 MiB file, a 32 MiB memory test (smoke check)
+#   bench/http.sh            3 rounds of 10 s wrk runs, a 1 GiB file, memory with a 256 MiB file (about 15 min)
+#   bench/http.sh --quick    1 round of 3 s runs, a 256 MiB file, memory with 32 MiB (smoke check, about 3 min)
 #   bench/http.sh --keep     keep the scratch directory (logs, configs, wrk output)
 #
 # Servers, all started by this script, all serving the same directory
@@ -39,13 +39,17 @@
 #    MiB/s and ratios ferry / nginx and ferry / raw.
 #    Round 0 is an untimed warm-up; in every round the order of the servers
 #    rotates, so the shared machine's noise hits them alike.
-# 3. Memory (ferry only, a freshly started process so that VmHWM covers this
-#    phase alone): MEM_CLIENTS concurrent curl downloads of a MEM_SIZE file
-#    (over max_item_bytes: streamed, never cached) while wrk -c MEM_CLIENTS
-#    requests a mix of MIX_FILES files of 1 KiB to 4 MiB (more than the
-#    cache holds, so it stays full and evicts); VmRSS and VmHWM are sampled
-#    from /proc every 100 ms. Reported against CACHE_BYTES plus the streams'
-#    bounded read-ahead.
+# 3. Memory (ferry only; every run on a freshly started process, so that
+#    VmHWM covers that run alone): MEM_CLIENTS concurrent curl downloads of a
+#    MEM_SIZE file (over max_item_bytes: streamed, never cached) while wrk -c
+#    MEM_CLIENTS requests a mix of MIX_FILES files of 1 KiB to 4 MiB (more
+#    than the cache holds, so it stays full and evicts); VmRSS is sampled
+#    from /proc every 100 ms, VmHWM read at the end. Loads: both together,
+#    and (not with --quick) the downloads alone and the mix alone; each with
+#    glibc's allocator as it comes and with MALLOC_MMAP_THRESHOLD_=131072
+#    (which shows how much of the peak is memory glibc keeps after a free).
+#    Reported against CACHE_BYTES plus the bound on streamed pieces (64 MiB
+#    plus two 64 KiB pieces per connection).
 #
 # Targets: ferry >= 1.0x nginx's req/s on both cached files, >= 0.8x nginx's
 # throughput on the large file.
@@ -165,6 +169,8 @@ BIN[ferry]=$FERRY
 BIN[ferry-before]=$FERRY_BEFORE
 PERF_PID=""
 BG_PIDS=()
+# Extra environment for the next ferry started (the memory test's allocator setting).
+FERRY_ENV=()
 
 stop_pid() {
     local pid=$1 deadline=$((SECONDS + 30))
@@ -213,7 +219,7 @@ start_ferry() {
     rm -rf "$dir"
     mkdir -p "$dir"
     printf '[cache]\nmax_bytes = %d\n' "$CACHE_MAX" >"$WORK/$name.toml"
-    "${BIN[$name]}" serve --data "$dir" --root "$FILES" --http-port 0 --transfer-port 0 --no-kv --no-sync \
+    env "${FERRY_ENV[@]}" "${BIN[$name]}" serve --data "$dir" --root "$FILES" --http-port 0 --transfer-port 0 --no-kv --no-sync \
         --config "$WORK/$name.toml" >>"$WORK/$name.log" 2>&1 &
     launched=$!
     until [[ -s $dir/listen.json && -s $dir/ferry.pid ]]; do
@@ -472,60 +478,89 @@ fi
 
 # --- 3. memory ---------------------------------------------------------------------
 
-note "memory: restarting ferry, then $MEM_CLIENTS downloads of $MEM_SIZE and wrk -c$MEM_CLIENTS on the mix"
-for s in "${SERVERS[@]}"; do
-    [[ $s == ferry ]] || { stop_pid "${PID[$s]}"; PID[$s]=""; }
+for s in "${SERVERS[@]}" raw; do
+    stop_pid "${PID[$s]}"
+    PID[$s]=""
 done
-stop_pid "${PID[raw]}"
-PID[raw]=""
-stop_pid "${PID[ferry]}"
-start_ferry ferry
-RSS_IDLE=$(status_kib ferry VmRSS)
-MEM_WRK_SECS=$([[ $QUICK == 1 ]] && echo 5 || echo 20)
-timeout 600 wrk -t "$THREADS" -c "$MEM_CLIENTS" -d "${MEM_WRK_SECS}s" --timeout 60s -s "$WORK/mix.lua" "http://127.0.0.1:${PORT[ferry]}" \
-    >"$WORK/mem-wrk.out" 2>&1 &
-WRK_PID=$!
-BG_PIDS=("$WRK_PID")
-CURL_PIDS=()
-for ((i = 0; i < MEM_CLIENTS; i++)); do
-    curl -s -o /dev/null -w '%{http_code} %{size_download}\n' "$(url ferry stream.bin)" >"$WORK/out/curl.$i" 2>&1 &
-    CURL_PIDS+=($!)
-done
-BG_PIDS+=("${CURL_PIDS[@]}")
-T0=$SECONDS
-PEAK_RSS=0
-SAMPLES=0
-PEAK_CONNS=0
-while :; do
-    running=0
-    for p in "$WRK_PID" "${CURL_PIDS[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then running=1; break; fi
+
+# One memory run on a freshly started ferry: $1 the load (both: downloads and
+# the mix; streams: the downloads only; mix: the mix only), $2 the allocator
+# setting (default, or mmap: MALLOC_MMAP_THRESHOLD_=131072, which turns off
+# glibc's dynamic mmap threshold). Results go to the MEM_* arrays under "$1,$2".
+declare -A MEM_IDLE MEM_PEAK MEM_HWM MEM_END MEM_HELD MEM_EVICT MEM_SECS MEM_RPS
+memory_run() {
+    local load=$1 alloc=$2 key="$1,$2" t0 peak=0 running p i code got rss wrk_pid="" json
+    local curl_pids=() env=()
+    [[ $alloc == default ]] || env=(MALLOC_MMAP_THRESHOLD_=131072)
+    note "memory: $load, allocator $alloc"
+    FERRY_ENV=("${env[@]}")
+    start_ferry ferry
+    FERRY_ENV=()
+    MEM_IDLE[$key]=$(status_kib ferry VmRSS)
+    if [[ $load != streams ]]; then
+        timeout 600 wrk -t "$THREADS" -c "$MEM_CLIENTS" -d "${MEM_WRK_SECS}s" --timeout 60s -s "$WORK/mix.lua" \
+            "http://127.0.0.1:${PORT[ferry]}" >"$WORK/mem-wrk.out" 2>&1 &
+        wrk_pid=$!
+        BG_PIDS+=("$wrk_pid")
+    fi
+    if [[ $load != mix ]]; then
+        for ((i = 0; i < MEM_CLIENTS; i++)); do
+            curl -s -o /dev/null -w '%{http_code} %{size_download}\n' "$(url ferry stream.bin)" >"$WORK/out/curl.$i" 2>&1 &
+            curl_pids+=($!)
+        done
+        BG_PIDS+=("${curl_pids[@]}")
+    fi
+    t0=$SECONDS
+    while :; do
+        running=0
+        for p in $wrk_pid "${curl_pids[@]}"; do
+            if kill -0 "$p" 2>/dev/null; then running=1; break; fi
+        done
+        ((running)) || break
+        alive ferry
+        rss=$(status_kib ferry VmRSS)
+        ((rss <= peak)) || peak=$rss
+        ((SECONDS - t0 < 900)) || die "memory test still running after 900 s"
+        sleep 0.1
     done
-    ((running)) || break
-    alive ferry
-    rss=$(status_kib ferry VmRSS)
-    ((rss <= PEAK_RSS)) || PEAK_RSS=$rss
-    SAMPLES=$((SAMPLES + 1))
-    ((SECONDS - T0 < 900)) || die "memory test still running after 900 s"
-    sleep 0.1
-done
-MEM_SECS=$((SECONDS - T0))
-wait "$WRK_PID" || { cat "$WORK/mem-wrk.out" >&2; die "wrk on the mix failed"; }
-BG_PIDS=()
-for ((i = 0; i < MEM_CLIENTS; i++)); do
-    wait "${CURL_PIDS[i]}" || true
-    read -r code got <"$WORK/out/curl.$i" || true
-    [[ ${code:-} == 200 && ${got:-} == "$MEM_BYTES" ]] || die "memory test: download $i gave ${code:-nothing} with ${got:-0} bytes"
-done
-grep -q 'Non-2xx\|Socket errors' "$WORK/mem-wrk.out" && { cat "$WORK/mem-wrk.out" >&2; die "memory test: wrk errors"; }
-HWM=$(status_kib ferry VmHWM)
-RSS_END=$(status_kib ferry VmRSS)
-CACHE_JSON=$(curl -sf "http://127.0.0.1:${PORT[ferry]}/api/cache") || die "no /api/cache"
+    MEM_SECS[$key]=$((SECONDS - t0))
+    MEM_RPS[$key]=-
+    if [[ -n $wrk_pid ]]; then
+        wait "$wrk_pid" || { cat "$WORK/mem-wrk.out" >&2; die "wrk on the mix failed"; }
+        if grep -q 'Non-2xx\|Socket errors' "$WORK/mem-wrk.out"; then
+            cat "$WORK/mem-wrk.out" >&2
+            die "memory test: wrk errors"
+        fi
+        MEM_RPS[$key]=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$WORK/mem-wrk.out")
+    fi
+    for ((i = 0; i < ${#curl_pids[@]}; i++)); do
+        wait "${curl_pids[i]}" || true
+        read -r code got <"$WORK/out/curl.$i" || true
+        [[ ${code:-} == 200 && ${got:-} == "$MEM_BYTES" ]] ||
+            die "memory test: download $i gave ${code:-nothing} with ${got:-0} bytes"
+    done
+    BG_PIDS=()
+    MEM_PEAK[$key]=$peak
+    MEM_HWM[$key]=$(status_kib ferry VmHWM)
+    MEM_END[$key]=$(status_kib ferry VmRSS)
+    json=$(curl -sf "http://127.0.0.1:${PORT[ferry]}/api/cache") || die "no /api/cache"
+    MEM_HELD[$key]=$(json_num "$json" bytes_held)
+    MEM_EVICT[$key]=$(json_num "$json" evictions)
+    printf '  memory     %-8s %-8s peak VmRSS %6.1f MiB, VmHWM %6.1f MiB, %d s\n' "$load" "$alloc" \
+        "$(awk -v k="$peak" 'BEGIN { print k / 1024 }')" "$(awk -v k="${MEM_HWM[$key]}" 'BEGIN { print k / 1024 }')" "${MEM_SECS[$key]}"
+    stop_pid "${PID[ferry]}"
+    PID[ferry]=""
+}
 json_num() { echo "$1" | sed -n "s/.*\"$2\": *\\([0-9][0-9]*\\).*/\\1/p" | head -n 1; }
-HELD=$(json_num "$CACHE_JSON" bytes_held)
-EVICTIONS=$(json_num "$CACHE_JSON" evictions)
-MIX_RPS=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' "$WORK/mem-wrk.out")
-echo "  memory     ${MEM_SECS} s, $SAMPLES samples; wrk on the mix: $MIX_RPS req/s"
+
+MEM_WRK_SECS=$([[ $QUICK == 1 ]] && echo 5 || echo 20)
+if ((QUICK)); then MEM_LOADS=(both); else MEM_LOADS=(both streams mix); fi
+MEM_ALLOCS=(default mmap)
+for load in "${MEM_LOADS[@]}"; do
+    for alloc in "${MEM_ALLOCS[@]}"; do
+        memory_run "$load" "$alloc"
+    done
+done
 echo
 
 # --- report ------------------------------------------------------------------------
@@ -593,11 +628,29 @@ for s in "${BIGS[@]}"; do
 done
 echo
 
-STREAM_BOUND=$((MEM_CLIENTS * 2 * (1 << 20)))
-echo "Memory: $MEM_CLIENTS concurrent downloads of a $MEM_BYTES-byte file (streamed) + wrk -c$MEM_CLIENTS on $MIX_FILES files ($MIX_TOTAL bytes; cache max_bytes $CACHE_MAX), ${MEM_SECS} s"
+# The streamed pieces' bound (crates/http: HttpLimits::stream_buffer_bytes,
+# 64 MiB by default, plus two 64 KiB pieces per connection once it is spent).
+STREAM_BOUND=$(((64 << 20) + MEM_CLIENTS * 2 * (64 << 10)))
+echo "Memory: a fresh ferry per row; both = $MEM_CLIENTS concurrent downloads of a $MEM_BYTES-byte file (streamed, never cached) + wrk -c$MEM_CLIENTS for ${MEM_WRK_SECS} s on $MIX_FILES files of 1 KiB-4 MiB ($MIX_TOTAL bytes; cache max_bytes $CACHE_MAX); streams, mix = one of the two"
+echo "Allocator: default = glibc as it comes; mmap = MALLOC_MMAP_THRESHOLD_=131072 (no dynamic mmap threshold)"
 echo
-echo "| VmRSS idle (MiB) | peak VmRSS sampled (MiB) | VmHWM (MiB) | VmRSS at the end (MiB) | cache max_bytes (MiB) | cache held at the end (MiB) | evictions | streams x 2 pieces of 1 MiB (MiB) |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
-awk -v a="$RSS_IDLE" -v p="$PEAK_RSS" -v h="$HWM" -v e="$RSS_END" -v c="$CACHE_MAX" -v held="${HELD:-0}" \
-    -v ev="${EVICTIONS:-0}" -v sb="$STREAM_BOUND" '
-    BEGIN { printf "| %.1f | %.1f | %.1f | %.1f | %.0f | %.1f | %d | %.0f |\n", a / 1024, p / 1024, h / 1024, e / 1024, c / 1048576, held / 1048576, ev, sb / 1048576 }'
+echo "| load | allocator | VmRSS idle (MiB) | peak VmRSS, sampled (MiB) | VmHWM (MiB) | VmRSS after (MiB) | cache held after (MiB) | evictions | mix req/s | s |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for load in "${MEM_LOADS[@]}"; do
+    for alloc in "${MEM_ALLOCS[@]}"; do
+        k="$load,$alloc"
+        awk -v l="$load" -v al="$alloc" -v a="${MEM_IDLE[$k]}" -v p="${MEM_PEAK[$k]}" -v h="${MEM_HWM[$k]}" \
+            -v e="${MEM_END[$k]}" -v held="${MEM_HELD[$k]:-0}" -v ev="${MEM_EVICT[$k]:-0}" -v r="${MEM_RPS[$k]}" \
+            -v t="${MEM_SECS[$k]}" '
+            BEGIN {
+                printf "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %d | %s | %d |\n", l, al, a / 1024, p / 1024, h / 1024,
+                    e / 1024, held / 1048576, ev, r, t
+            }'
+    done
+done
+echo
+awk -v c="$CACHE_MAX" -v sb="$STREAM_BOUND" -v n="$MEM_CLIENTS" '
+    BEGIN {
+        printf "Bounds: cache max_bytes %.1f MiB; streamed pieces at most 64 MiB + %d x 2 x 64 KiB = %.1f MiB; together %.1f MiB (plus the idle process)\n",
+            c / 1048576, n, sb / 1048576, (c + sb) / 1048576
+    }'

@@ -188,7 +188,11 @@ impl FileStore {
     /// moved out and linked back in), so callers bound how long they trust a
     /// check (the HTTP gateway: one second).
     pub fn stat_known(&self, name: &SafeName, known: &Etag) -> Option<FileMeta> {
-        let m = fs::metadata(self.root.join(name.as_str())).ok()?;
+        // One allocation for the path, not a copy of the root then a growth.
+        let mut path = PathBuf::with_capacity(self.root.as_os_str().len() + 1 + name.as_str().len());
+        path.push(&self.root);
+        path.push(name.as_str());
+        let m = fs::metadata(&path).ok()?;
         let meta = FileMeta::from_metadata(&m);
         (m.is_file() && meta.etag == *known).then_some(meta)
     }

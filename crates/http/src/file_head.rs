@@ -1,5 +1,5 @@
 //! The header values that describe one version of a file: `ETag`,
-//! `Last-Modified` and `Content-Type`.
+//! `Last-Modified`, `Content-Type` and the whole file's `Content-Length`.
 //!
 //! Making them (a quoted etag, an HTTP date, a mime lookup by extension) was
 //! a good part of the work of a small answer, so they are made once per
@@ -20,6 +20,8 @@ pub struct FileHead {
     pub last_modified: HeaderValue,
     /// Guessed from the name's extension; `application/octet-stream` if unknown.
     pub content_type: HeaderValue,
+    /// The size of the whole file, for a 200.
+    pub length: HeaderValue,
 }
 
 impl FileHead {
@@ -30,6 +32,7 @@ impl FileHead {
             etag_value: header_value(&conditional::etag_header(&meta.etag)),
             last_modified: header_value(&conditional::last_modified_header(meta)),
             content_type: header_value(mime.as_ref()),
+            length: HeaderValue::from(meta.size),
         }
     }
 }
@@ -55,6 +58,7 @@ mod tests {
         assert_eq!(head.etag_value, "\"400-1879a8c2b1e0c5a0-2a1b\"");
         assert_eq!(head.last_modified, "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(head.content_type, "text/html");
+        assert_eq!(head.length, "1024");
         let other = SafeName::parse("blob.unknownext", DEFAULT_MAX_NAME_BYTES).unwrap();
         assert_eq!(FileHead::new(&other, &meta).content_type, "application/octet-stream");
     }

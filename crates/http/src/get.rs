@@ -44,6 +44,9 @@ const MAX_ATTEMPTS: usize = 3;
 /// than sending it, and a page that polls once a second would never see it.
 pub const LISTED_DOWNLOAD_BYTES: u64 = 1 << 20;
 
+/// Headers on a file answer (hyper adds `date`).
+const ANSWER_HEADERS: usize = 10;
+
 pub async fn get_file(
     State(state): State<HttpState>,
     method: Method,
@@ -57,12 +60,14 @@ pub async fn get_file(
     // changed since, or an answer that needs the disk, goes on to the
     // blocking pool.
     let mut looked = look_recent(&state, &name, &headers, head);
-    let headers = Arc::new(headers);
+    // Shared with the blocking pool only if a look there is needed.
+    let mut shared: Option<Arc<HeaderMap>> = None;
     for _ in 0..MAX_ATTEMPTS {
         let found = match looked.take() {
             Some(found) => found,
             None => {
-                let (s, n, h) = (state.clone(), name.clone(), headers.clone());
+                let h = shared.get_or_insert_with(|| Arc::new(headers.clone())).clone();
+                let (s, n) = (state.clone(), name.clone());
                 run_blocking(move || look(&s, &n, &h, head, whole_max)).await??
             }
         };
@@ -104,7 +109,7 @@ pub async fn get_file(
                 Body::new(TrackedBody::new(Full::new(bytes), guard))
             }
             Content::Stream(file) => {
-                let stream = FileStream::new(file, seen.meta.etag.clone(), start, end);
+                let stream = FileStream::new(file, seen.meta.etag.clone(), start, end, state.pieces().clone());
                 let guard = state.metrics().transfers().begin(TransferKind::Download, name.as_str(), Some(len));
                 Body::new(TrackedBody::new(stream, guard))
             }
@@ -243,6 +248,8 @@ fn with_validators(status: StatusCode, head: &FileHead, body: Body) -> Response 
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
+    // Room for every header a file answer has, in one allocation.
+    h.reserve(ANSWER_HEADERS);
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(ETAG, head.etag_value.clone());
     h.insert(LAST_MODIFIED, head.last_modified.clone());
@@ -256,7 +263,8 @@ fn file_response(seen: &Seen, status: StatusCode, start: u64, end: u64, body: Bo
     let mut resp = with_validators(status, &seen.head, body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, seen.head.content_type.clone());
-    h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
+    let whole = start == 0 && end == seen.meta.size;
+    h.insert(CONTENT_LENGTH, if whole { seen.head.length.clone() } else { HeaderValue::from(end - start) });
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(CONTENT_RANGE, header_value(&format!("bytes {start}-{}/{}", end - 1, seen.meta.size)));
     }

@@ -21,6 +21,7 @@ mod file_stream;
 mod get;
 pub mod metrics;
 pub mod path;
+mod piece_budget;
 mod prometheus;
 mod put;
 pub mod range;
