@@ -175,6 +175,28 @@ impl FileStore {
         Ok(FileMeta::from_metadata(&m))
     }
 
+    /// Metadata by name if the file is still the version `known`, an etag
+    /// that [`FileStore::stat`] or [`FileStore::open_file`] returned for this
+    /// name: one `stat` and no [`FileStore::resolve`], for a file served
+    /// again and again. `None` when it is another version, gone, or not
+    /// readable; the caller then takes the checked path.
+    ///
+    /// Skipping the symlink check is safe because an etag names one file
+    /// (inode, size, mtime): whatever path now leads to that very file, it is
+    /// the file that passed the check. What this cannot notice is a symlink
+    /// changed to lead to that same file from outside the root (the file
+    /// moved out and linked back in), so callers bound how long they trust a
+    /// check (the HTTP gateway: one second).
+    pub fn stat_known(&self, name: &SafeName, known: &Etag) -> Option<FileMeta> {
+        // One allocation for the path, not a copy of the root then a growth.
+        let mut path = PathBuf::with_capacity(self.root.as_os_str().len() + 1 + name.as_str().len());
+        path.push(&self.root);
+        path.push(name.as_str());
+        let m = fs::metadata(&path).ok()?;
+        let meta = FileMeta::from_metadata(&m);
+        (m.is_file() && meta.etag == *known).then_some(meta)
+    }
+
     fn classify(&self, name: &SafeName, e: io::Error) -> StoreError {
         if is_missing(&e) { StoreError::NotFound(name.to_string()) } else { io_err(format!("open {name}"))(e) }
     }
@@ -334,6 +356,26 @@ mod tests {
         assert!(matches!(s.open_file(&n("missing")), Err(StoreError::NotFound(_))));
         assert!(matches!(s.open_file(&n("dir/a.txt/x")), Err(StoreError::NotFound(_))));
         assert!(matches!(s.stat(&n("no/such")), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn stat_known_only_for_the_same_version() {
+        let (_d, s) = store();
+        fs::write(s.root().join("a"), b"one").unwrap();
+        let seen = s.stat(&n("a")).unwrap();
+        let again = s.stat_known(&n("a"), &seen.etag).unwrap();
+        assert_eq!((again.size, &again.etag), (3, &seen.etag));
+        // Replaced (new inode): another version, so no answer.
+        fs::write(s.root().join("b"), b"two").unwrap();
+        fs::rename(s.root().join("b"), s.root().join("a")).unwrap();
+        assert!(s.stat_known(&n("a"), &seen.etag).is_none());
+        let now = s.stat(&n("a")).unwrap();
+        assert!(s.stat_known(&n("a"), &now.etag).is_some());
+        fs::remove_file(s.root().join("a")).unwrap();
+        assert!(s.stat_known(&n("a"), &now.etag).is_none());
+        // A directory never matches a file's etag.
+        fs::create_dir(s.root().join("d")).unwrap();
+        assert!(s.stat_known(&n("d"), &now.etag).is_none());
     }
 
     #[test]

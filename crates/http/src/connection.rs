@@ -5,16 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::counting_io::CountingIo;
+use crate::file_lane::FileLane;
 use crate::metrics::HttpMetrics;
 use crate::state::HttpLimits;
 
@@ -35,7 +34,7 @@ pub struct Shutdown {
 /// connection limit, given back when this returns.
 pub async fn run(
     stream: TcpStream,
-    router: Router,
+    service: FileLane,
     limits: HttpLimits,
     metrics: Arc<HttpMetrics>,
     shutdown: Shutdown,
@@ -51,7 +50,7 @@ pub async fn run(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEAD_BYTES))
         .keep_alive(true)
-        .serve_connection(io, TowerToHyperService::new(router));
+        .serve_connection(io, service);
     tokio::pin!(conn);
 
     let idle = IdleWatch::new(limits.idle_timeout);

@@ -1,10 +1,11 @@
 //! A large file (or a range of it) as a streamed response body.
 //!
-//! Pieces are read positionally (`read_at`) on the blocking pool, one piece
-//! ahead of the socket: the first is [`FIRST_PIECE`] so a response starts
-//! quickly, each next one twice as large up to [`MAX_PIECE`]. Memory per
-//! download is therefore at most two pieces, and no blocking thread is held
-//! while the client is slow to read.
+//! Pieces are read ([`read_piece`]: no zeroing first) on the blocking pool,
+//! one piece ahead of the socket: the first is [`FIRST_PIECE`] so a response
+//! starts quickly, each next one twice as large up to [`MAX_PIECE`]. A
+//! download therefore holds at most two pieces, and no blocking thread while
+//! the client is slow to read. Pieces over 64 KiB are reserved from the
+//! server's [`PieceBudget`], or read 64 KiB at a time when it is spent.
 //!
 //! After each piece the open file is checked against the etag it had when
 //! opened; if it was modified in place, the stream ends with an error and
@@ -16,7 +17,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -26,7 +26,8 @@ use ferry_files::Etag;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::file_body::{ensure_unchanged, shrunk_is_changed};
+use crate::file_body::{ensure_unchanged, read_piece};
+use crate::piece_budget::{Piece, PieceBudget};
 
 pub const FIRST_PIECE: usize = 256 << 10;
 pub const MAX_PIECE: usize = 1 << 20;
@@ -40,14 +41,17 @@ pub struct FileStream {
     delivered: u64,
     /// One past the last byte to send.
     end: u64,
+    /// Size of the next piece, if the budget allows.
     piece: usize,
+    budget: Arc<PieceBudget>,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     failed: bool,
 }
 
 impl FileStream {
-    /// Streams bytes `start..end` of `file`, which was opened as version `etag`.
-    pub fn new(file: File, etag: Etag, start: u64, end: u64) -> FileStream {
+    /// Streams bytes `start..end` of `file`, which was opened as version
+    /// `etag`, with pieces reserved from `budget`.
+    pub fn new(file: File, etag: Etag, start: u64, end: u64, budget: Arc<PieceBudget>) -> FileStream {
         assert!(start <= end, "range start {start} past its end {end}");
         FileStream {
             file: Arc::new(file),
@@ -56,6 +60,7 @@ impl FileStream {
             delivered: start,
             end,
             piece: FIRST_PIECE,
+            budget,
             pending: None,
             failed: false,
         }
@@ -66,13 +71,15 @@ impl FileStream {
         if self.pending.is_some() || self.next >= self.end {
             return;
         }
-        let len = usize::try_from(self.end - self.next).map_or(self.piece, |left| left.min(self.piece));
+        let want = usize::try_from(self.end - self.next).map_or(self.piece, |left| left.min(self.piece));
+        let (len, reservation) = self.budget.reserve(want);
         let (file, etag, offset) = (self.file.clone(), self.etag.clone(), self.next);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset).map_err(shrunk_is_changed)?;
+            // One read at a time per stream (`pending`), so the file's
+            // position is ours.
+            let bytes = read_piece(&file, offset, len)?;
             ensure_unchanged(&file, &etag)?;
-            Ok(Bytes::from(buf))
+            Ok(Bytes::from_owner(Piece::new(bytes, reservation)))
         }));
         self.next += len as u64;
         self.piece = (self.piece * 2).min(MAX_PIECE);
@@ -126,8 +133,13 @@ impl Body for FileStream {
 mod tests {
     use super::*;
     use crate::file_body::is_file_changed;
+    use crate::piece_budget::SMALL_PIECE;
     use http_body_util::BodyExt;
     use std::io::Write;
+
+    fn plenty() -> Arc<PieceBudget> {
+        Arc::new(PieceBudget::new(64 << 20))
+    }
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
@@ -150,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = data(5 << 20);
         let (_p, file, etag) = open(&dir, &bytes);
-        let mut body = FileStream::new(file, etag, 100, bytes.len() as u64 - 3);
+        let mut body = FileStream::new(file, etag, 100, bytes.len() as u64 - 3, plenty());
         assert_eq!(body.size_hint().exact(), Some(bytes.len() as u64 - 103));
         let mut got = Vec::new();
         let mut sizes = Vec::new();
@@ -165,11 +177,38 @@ mod tests {
         assert!(body.is_end_stream());
     }
 
+    /// Pieces held by slow clients spend the budget; the next downloads go
+    /// on in small pieces rather than wait, and the budget refills as the
+    /// pieces are dropped.
+    #[tokio::test]
+    async fn a_spent_budget_means_small_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = data(3 << 20);
+        let (_p, file, etag) = open(&dir, &bytes);
+        let budget = Arc::new(PieceBudget::new(1 << 20));
+        let mut body = FileStream::new(file, etag, 0, bytes.len() as u64, budget.clone());
+        let mut held = Vec::new();
+        while let Some(frame) = body.frame().await {
+            held.push(frame.unwrap().into_data().unwrap());
+            assert!(budget.available() <= 1 << 20);
+        }
+        let sizes: Vec<usize> = held.iter().map(Bytes::len).collect();
+        assert_eq!(&sizes[..3], [FIRST_PIECE, 2 * FIRST_PIECE, SMALL_PIECE], "1 MiB wanted, 256 KiB left");
+        // Every larger piece came out of the budget: the last 256 KiB fit
+        // what was left of it.
+        let reserved: usize = sizes.iter().filter(|&&s| s > SMALL_PIECE).sum();
+        assert_eq!(reserved, 1 << 20, "{sizes:?}");
+        assert_eq!(budget.available(), 0);
+        assert_eq!(held.concat(), bytes);
+        drop(held);
+        assert_eq!(budget.available(), 1 << 20);
+    }
+
     #[tokio::test]
     async fn empty_range_ends_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let (_p, file, etag) = open(&dir, b"abc");
-        let mut body = FileStream::new(file, etag, 3, 3);
+        let mut body = FileStream::new(file, etag, 3, 3, plenty());
         assert!(body.is_end_stream());
         assert!(body.frame().await.is_none());
     }
@@ -179,7 +218,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = data(4 << 20);
         let (path, file, etag) = open(&dir, &bytes);
-        let mut body = FileStream::new(file, etag, 0, bytes.len() as u64);
+        let mut body = FileStream::new(file, etag, 0, bytes.len() as u64, plenty());
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, &bytes[..FIRST_PIECE]);
         // Modify in place while the read-ahead may already be done: the next

@@ -1,10 +1,15 @@
 //! `GET` and `HEAD /files/<path>`: one file, whole or a single range, with
 //! its validators; 304 when the client's copy is current.
+//!
+//! A name checked a moment ago ([`crate::resolved_names`]) is answered on
+//! the async thread when nothing has to be read from the disk: a cache hit,
+//! a 304, a HEAD. Everything else takes one blocking call (the checked stat,
+//! then the read or the open).
 
 use std::fs::File;
 use std::io;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -13,15 +18,16 @@ use axum::http::header::{
     LAST_MODIFIED, X_CONTENT_TYPE_OPTIONS,
 };
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
-use ferry_files::{FileCache, FileMeta, FileStore, SafeName};
+use ferry_files::{FileCache, FileMeta, SafeName};
 use http_body_util::Full;
 
 use crate::blocking::run_blocking;
 use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
 use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole};
+use crate::file_head::{FileHead, header_value};
 use crate::file_stream::FileStream;
 use crate::path::name_from_path;
 use crate::range::RangeRequest;
@@ -33,6 +39,14 @@ use crate::transfers::TransferKind;
 /// request before giving up with 503.
 const MAX_ATTEMPTS: usize = 3;
 
+/// Downloads listed as transfers (dashboard, `/api/status`) from this size
+/// up. A smaller answer leaves in a write or two; listing it would cost more
+/// than sending it, and a page that polls once a second would never see it.
+pub const LISTED_DOWNLOAD_BYTES: u64 = 1 << 20;
+
+/// Headers on a file answer (hyper adds `date`).
+const ANSWER_HEADERS: usize = 10;
+
 pub async fn get_file(
     State(state): State<HttpState>,
     method: Method,
@@ -40,23 +54,37 @@ pub async fn get_file(
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
     let name = name_from_path(uri.path())?;
-    let headers = Arc::new(headers);
     let head = method == Method::HEAD;
     let whole_max = state.limits().whole_file_max_bytes.min(MAX_WHOLE_FILE_BYTES);
+    // A name checked a moment ago is looked at on this thread; a file that
+    // changed since, or an answer that needs the disk, goes on to the
+    // blocking pool.
+    let mut looked = look_recent(&state, &name, &headers, head);
+    // Shared with the blocking pool only if a look there is needed.
+    let mut shared: Option<Arc<HeaderMap>> = None;
     for _ in 0..MAX_ATTEMPTS {
-        let (store, n, h, cache) = (state.store().clone(), name.clone(), headers.clone(), state.cache().cloned());
-        let looked = run_blocking(move || look(&store, cache.as_deref(), &n, &h, head, whole_max)).await??;
-        let (meta, answer) = match looked {
+        let found = match looked.take() {
+            Some(found) => found,
+            None => {
+                let h = shared.get_or_insert_with(|| Arc::new(headers.clone())).clone();
+                let (s, n) = (state.clone(), name.clone());
+                run_blocking(move || look(&s, &n, &h, head, whole_max)).await??
+            }
+        };
+        let (seen, answer) = match found {
             Look::Changed => continue,
-            Look::Load(meta, status, start, end) => {
+            Look::Load(seen, status, start, end) => {
                 let Some(cache) = state.cache() else { continue };
-                let (store, n, m) = (state.store().clone(), name.clone(), meta.clone());
-                let load = move || async move {
-                    run_blocking(move || load_whole(&store, &n, &m))
-                        .await
-                        .map_err(|e| io::Error::other(e.to_string()))?
+                // Called on a miss only: a hit copies nothing.
+                let load = || {
+                    let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
+                    async move {
+                        run_blocking(move || load_whole(&store, &n, &m))
+                            .await
+                            .map_err(|e| io::Error::other(e.to_string()))?
+                    }
                 };
-                let read = match cache.get_or_load(name.as_str(), &meta.etag, meta.size, load).await {
+                let read = match cache.get_or_load(name.as_str(), &seen.meta.etag, seen.meta.size, load).await {
                     Ok(read) => read,
                     Err(e) if is_file_changed(&e) => continue,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(HttpError::NotFound(name.to_string())),
@@ -64,40 +92,48 @@ pub async fn get_file(
                 };
                 state.metrics().record_cache_read(read.hit);
                 let content = Content::Whole(slice(&name, &read.bytes, start, end)?);
-                (meta, Answer { status, start, end, content })
+                (seen, Answer { status, start, end, content })
             }
-            Look::NotModified(meta) => return Ok(not_modified(&meta)),
-            Look::Unsatisfiable(meta) => return Ok(unsatisfiable(&meta)),
-            Look::Send(meta, answer) => (meta, answer),
+            Look::NotModified(seen) => return Ok(not_modified(&seen.head)),
+            Look::Unsatisfiable(seen) => return Ok(unsatisfiable(&seen)),
+            Look::Send(seen, answer) => (seen, answer),
         };
         let Answer { status, start, end, content } = answer;
-        let file_head = file_headers(&name, &meta, status, start, end);
-        let transfers = state.metrics().transfers();
+        let len = end - start;
+        let listed = len >= LISTED_DOWNLOAD_BYTES;
         let body = match content {
             Content::Nothing => Body::empty(),
+            Content::Whole(bytes) if !listed => Body::new(Full::new(bytes)),
             Content::Whole(bytes) => {
-                let guard = transfers.begin(TransferKind::Download, name.as_str(), Some(end - start));
+                let guard = state.metrics().transfers().begin(TransferKind::Download, name.as_str(), Some(len));
                 Body::new(TrackedBody::new(Full::new(bytes), guard))
             }
             Content::Stream(file) => {
-                let guard = transfers.begin(TransferKind::Download, name.as_str(), Some(end - start));
-                Body::new(TrackedBody::new(FileStream::new(file, meta.etag.clone(), start, end), guard))
+                let stream = FileStream::new(file, seen.meta.etag.clone(), start, end, state.pieces().clone());
+                let guard = state.metrics().transfers().begin(TransferKind::Download, name.as_str(), Some(len));
+                Body::new(TrackedBody::new(stream, guard))
             }
         };
-        return Ok((status, file_head, body).into_response());
+        return Ok(file_response(&seen, status, start, end, body));
     }
     Err(HttpError::Unavailable(format!("{name} keeps changing while being read; try again")))
 }
 
+/// One version of the file as this request saw it.
+struct Seen {
+    meta: FileMeta,
+    head: Arc<FileHead>,
+}
+
 /// What one look at the disk found.
 enum Look {
-    NotModified(FileMeta),
-    Unsatisfiable(FileMeta),
-    Send(FileMeta, Answer),
+    NotModified(Seen),
+    Unsatisfiable(Seen),
+    Send(Seen, Answer),
     /// The file changed between its stat and its read: look again.
     Changed,
     /// A file the cache admits: bytes `start..end` from it (loaded on a miss).
-    Load(FileMeta, StatusCode, u64, u64),
+    Load(Seen, StatusCode, u64, u64),
 }
 
 /// A 200 or 206: bytes `start..end` of the file.
@@ -117,30 +153,67 @@ enum Content {
     Stream(File),
 }
 
+/// What the validators, the method and the cache decide before any byte is
+/// read.
+enum Plan {
+    /// Nothing more to do on this thread: the answer needs no bytes, or the
+    /// cache supplies them.
+    Answer(Look),
+    /// Bytes `start..end` to read whole or stream from the disk.
+    Read(Seen, StatusCode, u64, u64),
+}
+
+fn plan(cache: Option<&FileCache>, headers: &HeaderMap, head: bool, seen: Seen) -> Plan {
+    let (status, start, end) = match conditional::evaluate(headers, &seen.meta, SystemTime::now()) {
+        Verdict::NotModified => return Plan::Answer(Look::NotModified(seen)),
+        Verdict::Send(RangeRequest::Unsatisfiable) => return Plan::Answer(Look::Unsatisfiable(seen)),
+        Verdict::Send(RangeRequest::Whole) => (StatusCode::OK, 0, seen.meta.size),
+        Verdict::Send(RangeRequest::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
+    };
+    if head {
+        Plan::Answer(Look::Send(seen, Answer { status, start, end, content: Content::Nothing }))
+    } else if cache.is_some_and(|c| c.admits(seen.meta.size)) {
+        // Hit or miss, the cache answers (and counts) it in one call.
+        Plan::Answer(Look::Load(seen, status, start, end))
+    } else {
+        Plan::Read(seen, status, start, end)
+    }
+}
+
+/// The look without the blocking pool, for a name that passed the store's
+/// check less than [`crate::resolved_names::TRUST_FOR`] ago: one stat on
+/// this thread, trusted only if the file is still the version checked then.
+/// `None` sends the request to [`look`].
+fn look_recent(state: &HttpState, name: &SafeName, headers: &HeaderMap, head: bool) -> Option<Look> {
+    let checked = state.resolved().recent(name, Instant::now())?;
+    let meta = state.store().stat_known(name, &checked.etag)?;
+    match plan(state.cache().map(Arc::as_ref), headers, head, Seen { meta, head: checked }) {
+        Plan::Answer(found) => Some(found),
+        Plan::Read(..) => None,
+    }
+}
+
 /// Everything a GET or HEAD needs from the disk, in one blocking call: the
-/// stat, the conditional headers, and the read (whole) or open (streamed).
+/// checked stat, the conditional headers, and the read (whole) or open
+/// (streamed).
 fn look(
-    store: &FileStore,
-    cache: Option<&FileCache>,
+    state: &HttpState,
     name: &SafeName,
     headers: &HeaderMap,
     head: bool,
     whole_max: u64,
 ) -> Result<Look, HttpError> {
+    let store = state.store();
     let meta = store.stat(name).map_err(HttpError::from_read)?;
-    let (status, start, end) = match conditional::evaluate(headers, &meta, SystemTime::now()) {
-        Verdict::NotModified => return Ok(Look::NotModified(meta)),
-        Verdict::Send(RangeRequest::Unsatisfiable) => return Ok(Look::Unsatisfiable(meta)),
-        Verdict::Send(RangeRequest::Whole) => (StatusCode::OK, 0, meta.size),
-        Verdict::Send(RangeRequest::Partial { start, end }) => (StatusCode::PARTIAL_CONTENT, start, end + 1),
-    };
-    let content = if head {
-        Content::Nothing
-    } else if cache.is_some_and(|c| c.admits(meta.size)) {
-        // Hit or miss, the cache answers (and counts) it in one call.
-        return Ok(Look::Load(meta, status, start, end));
-    } else if meta.size <= whole_max {
-        let bytes = match load_whole(store, name, &meta) {
+    let version = Arc::new(FileHead::new(name, &meta));
+    state.resolved().record(name, &version, Instant::now());
+    let (seen, status, start, end) =
+        match plan(state.cache().map(Arc::as_ref), headers, head, Seen { meta, head: version }) {
+            Plan::Answer(found) => return Ok(found),
+            Plan::Read(seen, status, start, end) => (seen, status, start, end),
+        };
+    let content = if seen.meta.size <= whole_max {
+        let bytes = match load_whole(store, name, &seen.meta) {
             Ok(bytes) => bytes,
             Err(e) if is_file_changed(&e) => return Ok(Look::Changed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(HttpError::NotFound(name.to_string())),
@@ -149,12 +222,12 @@ fn look(
         Content::Whole(slice(name, &bytes, start, end)?)
     } else {
         let (file, opened) = store.open_file(name).map_err(HttpError::from_read)?;
-        if opened.etag != meta.etag {
+        if opened.etag != seen.meta.etag {
             return Ok(Look::Changed);
         }
         Content::Stream(file)
     };
-    Ok(Look::Send(meta, Answer { status, start, end, content }))
+    Ok(Look::Send(seen, Answer { status, start, end, content }))
 }
 
 /// Bytes `start..end` of a whole-file read, without a copy.
@@ -169,47 +242,156 @@ fn slice(name: &SafeName, bytes: &Bytes, start: u64, end: u64) -> Result<Bytes, 
     Ok(bytes.slice(s..e))
 }
 
-/// Headers shared by every answer about a file.
-fn validators(meta: &FileMeta) -> HeaderMap {
-    let mut h = HeaderMap::new();
+/// An answer about the file with the headers every such answer carries,
+/// built in place (no intermediate header map).
+fn with_validators(status: StatusCode, head: &FileHead, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    // Room for every header a file answer has, in one allocation.
+    h.reserve(ANSWER_HEADERS);
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(ETAG, header_value(&conditional::etag_header(&meta.etag)));
-    h.insert(LAST_MODIFIED, header_value(&conditional::last_modified_header(meta)));
+    h.insert(ETAG, head.etag_value.clone());
+    h.insert(LAST_MODIFIED, head.last_modified.clone());
     // Revalidate every time: the etag makes that a cheap 304.
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h
+    resp
 }
 
-/// Our own values (quoted hex etags, HTTP dates, numbers, mime types) are
-/// always valid header values; an empty one would only drop the header.
-fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn file_headers(name: &SafeName, meta: &FileMeta, status: StatusCode, start: u64, end: u64) -> HeaderMap {
-    let mut h = validators(meta);
-    let mime = mime_guess::from_path(name.as_str()).first_or_octet_stream();
-    h.insert(CONTENT_TYPE, header_value(mime.as_ref()));
-    h.insert(CONTENT_LENGTH, HeaderValue::from(end - start));
+/// A 200 or 206 (or the HEAD of one): bytes `start..end` of the file.
+fn file_response(seen: &Seen, status: StatusCode, start: u64, end: u64, body: Body) -> Response {
+    let mut resp = with_validators(status, &seen.head, body);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, seen.head.content_type.clone());
+    let whole = start == 0 && end == seen.meta.size;
+    h.insert(CONTENT_LENGTH, if whole { seen.head.length.clone() } else { HeaderValue::from(end - start) });
     if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(CONTENT_RANGE, header_value(&format!("bytes {start}-{}/{}", end - 1, meta.size)));
+        h.insert(CONTENT_RANGE, header_value(&format!("bytes {start}-{}/{}", end - 1, seen.meta.size)));
     }
     // Files are client-supplied: never let a browser sniff them into HTML,
     // and run any HTML served from here in an opaque origin, away from the
     // dashboard's.
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
-    h
+    resp
 }
 
-fn not_modified(meta: &FileMeta) -> Response {
-    (StatusCode::NOT_MODIFIED, validators(meta)).into_response()
+fn not_modified(head: &FileHead) -> Response {
+    with_validators(StatusCode::NOT_MODIFIED, head, Body::empty())
 }
 
-fn unsatisfiable(meta: &FileMeta) -> Response {
-    let mut h = validators(meta);
-    h.insert(CONTENT_RANGE, header_value(&format!("bytes */{}", meta.size)));
+fn unsatisfiable(seen: &Seen) -> Response {
+    let size = seen.meta.size;
+    let body = Body::from(format!("range not satisfiable: the file is {size} bytes\n"));
+    let mut resp = with_validators(StatusCode::RANGE_NOT_SATISFIABLE, &seen.head, body);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_RANGE, header_value(&format!("bytes */{size}")));
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    (StatusCode::RANGE_NOT_SATISFIABLE, h, format!("range not satisfiable: the file is {} bytes\n", meta.size))
-        .into_response()
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_files::{CacheConfig, CachePolicyKind, DEFAULT_MAX_NAME_BYTES, FileStore};
+    use std::os::unix::fs::symlink;
+
+    fn n(s: &str) -> SafeName {
+        SafeName::parse(s, DEFAULT_MAX_NAME_BYTES).unwrap()
+    }
+
+    fn state(dir: &tempfile::TempDir) -> HttpState {
+        let store = FileStore::open(&dir.path().join("root"), &dir.path().join("up")).unwrap();
+        let cache = FileCache::new(CacheConfig {
+            max_bytes: 1 << 20,
+            max_item_bytes: 64 << 10,
+            policy: CachePolicyKind::S3Fifo,
+        });
+        HttpState::with_cache(
+            Arc::new(store),
+            crate::HttpLimits::default(),
+            Arc::new(|| serde_json::json!({})),
+            Some(Arc::new(cache)),
+        )
+    }
+
+    fn checked(state: &HttpState, name: &str, head: bool) -> Look {
+        look(state, &n(name), &HeaderMap::new(), head, MAX_WHOLE_FILE_BYTES).unwrap()
+    }
+
+    fn etag_of(found: &Look) -> String {
+        match found {
+            Look::Load(seen, ..) | Look::Send(seen, _) | Look::NotModified(seen) | Look::Unsatisfiable(seen) => {
+                seen.meta.etag.to_string()
+            }
+            Look::Changed => panic!("changed"),
+        }
+    }
+
+    #[test]
+    fn a_recent_name_is_looked_at_on_this_thread_only_while_it_is_the_same_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(&dir);
+        let root = s.store().root().to_path_buf();
+        std::fs::write(root.join("a"), b"one").unwrap();
+        let h = HeaderMap::new();
+        assert!(look_recent(&s, &n("a"), &h, false).is_none(), "never checked");
+        let first = checked(&s, "a", false);
+        assert!(matches!(first, Look::Load(..)), "a small file goes through the cache");
+        let again = look_recent(&s, &n("a"), &h, false).expect("checked a moment ago");
+        assert!(matches!(again, Look::Load(..)));
+        assert_eq!(etag_of(&again), etag_of(&first));
+
+        // Replaced (new inode): the quick look declines, the checked one sees it.
+        std::fs::write(root.join("a.new"), b"two").unwrap();
+        std::fs::rename(root.join("a.new"), root.join("a")).unwrap();
+        assert!(look_recent(&s, &n("a"), &h, false).is_none());
+        let second = checked(&s, "a", false);
+        assert_ne!(etag_of(&second), etag_of(&first));
+        assert_eq!(etag_of(&look_recent(&s, &n("a"), &h, false).unwrap()), etag_of(&second));
+
+        // Removed: declined, and the checked look says 404.
+        std::fs::remove_file(root.join("a")).unwrap();
+        assert!(look_recent(&s, &n("a"), &h, false).is_none());
+        assert!(matches!(look(&s, &n("a"), &h, false, MAX_WHOLE_FILE_BYTES), Err(HttpError::NotFound(_))));
+    }
+
+    #[test]
+    fn only_answers_that_need_no_disk_read_stay_on_this_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(&dir);
+        let root = s.store().root().to_path_buf();
+        std::fs::write(root.join("big"), vec![7u8; 100 << 10]).unwrap();
+        let h = HeaderMap::new();
+        assert!(matches!(checked(&s, "big", false), Look::Send(_, Answer { content: Content::Whole(_), .. })));
+        // Over the cache's item bound: the bytes come from the disk.
+        assert!(look_recent(&s, &n("big"), &h, false).is_none());
+        // A HEAD, or a 304, needs no bytes.
+        let head = look_recent(&s, &n("big"), &h, true).unwrap();
+        assert!(matches!(head, Look::Send(_, Answer { content: Content::Nothing, .. })));
+        let mut inm = HeaderMap::new();
+        inm.insert(
+            axum::http::header::IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"{}\"", etag_of(&head))).unwrap(),
+        );
+        assert!(matches!(look_recent(&s, &n("big"), &inm, false), Some(Look::NotModified(_))));
+    }
+
+    #[test]
+    fn a_symlink_repointed_out_of_the_root_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(&dir);
+        let root = s.store().root().to_path_buf();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"SECRET").unwrap();
+        std::fs::write(root.join("inside"), b"fine").unwrap();
+        symlink(root.join("inside"), root.join("link")).unwrap();
+        let h = HeaderMap::new();
+        checked(&s, "link", false);
+        assert!(look_recent(&s, &n("link"), &h, false).is_some());
+        std::fs::remove_file(root.join("link")).unwrap();
+        symlink(outside.path().join("secret"), root.join("link")).unwrap();
+        assert!(look_recent(&s, &n("link"), &h, false).is_none(), "another file: declined");
+        assert!(matches!(look(&s, &n("link"), &h, false, MAX_WHOLE_FILE_BYTES), Err(HttpError::NotFound(_))));
+    }
 }

@@ -15,7 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, Shutdown};
-use crate::router::router;
+use crate::file_lane::FileLane;
 use crate::state::HttpState;
 
 /// Connections over the limit being answered 503 at once; past this they
@@ -42,7 +42,7 @@ pub async fn serve(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let limits = state.limits().clone();
-    let app = router(state.clone());
+    let app = FileLane::new(state.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tracker = TaskTracker::new();

@@ -7,6 +7,8 @@ use std::time::Duration;
 use ferry_files::{FileCache, FileStore};
 
 use crate::metrics::HttpMetrics;
+use crate::piece_budget::PieceBudget;
+use crate::resolved_names::ResolvedNames;
 
 /// Supplies the live server status (connections, transfers with progress,
 /// upgrade history, cache snapshot) as JSON; the runtime wires it to the
@@ -45,6 +47,10 @@ pub struct HttpLimits {
     /// Bound on a request head (request line plus headers). hyper needs at
     /// least 8 KiB; smaller values are raised to that.
     pub max_header_bytes: usize,
+    /// Bytes that streamed downloads may hold in memory, all together:
+    /// pieces read from the disk and not yet sent. Past it, downloads read
+    /// 64 KiB pieces outside the budget (see `piece_budget`).
+    pub stream_buffer_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -59,6 +65,7 @@ impl Default for HttpLimits {
             drain_timeout: Duration::from_secs(300),
             max_list_entries: 100_000,
             max_header_bytes: 64 << 10,
+            stream_buffer_bytes: 64 << 20,
         }
     }
 }
@@ -76,6 +83,10 @@ struct Shared {
     metrics: Arc<HttpMetrics>,
     /// Whole-file reads go through it when set (shared with the native GET).
     cache: Option<Arc<FileCache>>,
+    /// Names checked a moment ago: their GETs skip the blocking pool.
+    resolved: ResolvedNames,
+    /// Shared by every streamed download.
+    pieces: Arc<PieceBudget>,
 }
 
 impl HttpState {
@@ -91,11 +102,21 @@ impl HttpState {
         cache: Option<Arc<FileCache>>,
     ) -> HttpState {
         let metrics = Arc::new(HttpMetrics::default());
-        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache }) }
+        let resolved = ResolvedNames::default();
+        let pieces = Arc::new(PieceBudget::new(limits.stream_buffer_bytes));
+        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache, resolved, pieces }) }
     }
 
     pub fn cache(&self) -> Option<&Arc<FileCache>> {
         self.inner.cache.as_ref()
+    }
+
+    pub(crate) fn resolved(&self) -> &ResolvedNames {
+        &self.inner.resolved
+    }
+
+    pub(crate) fn pieces(&self) -> &Arc<PieceBudget> {
+        &self.inner.pieces
     }
 
     pub fn store(&self) -> &Arc<FileStore> {

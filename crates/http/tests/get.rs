@@ -5,13 +5,14 @@
 mod common;
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::StatusCode;
 use common::{Fixture, pattern, request};
-use ferry_files::{DEFAULT_MAX_NAME_BYTES, SafeName};
+use ferry_files::{CacheConfig, CachePolicyKind, DEFAULT_MAX_NAME_BYTES, FileCache, SafeName};
 use ferry_http::HttpLimits;
 
 fn etag_of(f: &Fixture, name: &str) -> String {
@@ -269,4 +270,71 @@ async fn every_response_is_counted() {
     let s = f.state.metrics().snapshot();
     assert_eq!(s.responses, [0, 1, 0, 3, 0]);
     assert!(s.transfers.is_empty(), "finished downloads are unlisted");
+}
+
+fn cached() -> Fixture {
+    let cache =
+        FileCache::new(CacheConfig { max_bytes: 1 << 20, max_item_bytes: 256 << 10, policy: CachePolicyKind::Lru });
+    Fixture::with_cache(
+        HttpLimits::default(),
+        std::sync::Arc::new(|| serde_json::json!({})),
+        Some(std::sync::Arc::new(cache)),
+    )
+}
+
+/// Requests for a name served a moment ago skip the blocking pool (on a
+/// cache hit), but still look at the file: whatever changed it, the next
+/// answer is the new version, at once.
+#[tokio::test]
+async fn a_cached_file_changed_on_disk_is_never_served_stale() {
+    let f = cached();
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let v1 = pattern(5000);
+    f.put("c.bin", &v1);
+    File::options().write(true).open(f.store.root().join("c.bin")).unwrap().set_modified(old).unwrap();
+    let first = f.get("/files/c.bin", &[]).await;
+    let second = f.get("/files/c.bin", &[]).await;
+    assert_eq!((first.body.as_ref(), second.body.as_ref()), (v1.as_slice(), v1.as_slice()));
+    for h in ["etag", "last-modified", "content-type", "content-length", "accept-ranges", "cache-control"] {
+        assert_eq!(first.header(h), second.header(h), "{h}");
+    }
+    let stats = f.state.cache().unwrap().stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+    let tag1 = first.header("etag").unwrap().to_owned();
+
+    // Replaced by a rename, as any atomic writer does.
+    let v2 = b"version two".to_vec();
+    f.put("c.new", &v2);
+    std::fs::rename(f.store.root().join("c.new"), f.store.root().join("c.bin")).unwrap();
+    let r = f.get("/files/c.bin", &[("if-none-match", &tag1)]).await;
+    assert_eq!((r.status, r.body.as_ref()), (StatusCode::OK, v2.as_slice()));
+    let tag2 = r.header("etag").unwrap().to_owned();
+    assert_ne!(tag2, tag1);
+    assert_eq!(f.get("/files/c.bin", &[("if-none-match", &tag2)]).await.status, StatusCode::NOT_MODIFIED);
+
+    // Changed in place (the size changes, so even a coarse clock shows it).
+    std::fs::OpenOptions::new().append(true).open(f.store.root().join("c.bin")).unwrap().write_all(b"+3").unwrap();
+    let r = f.get("/files/c.bin", &[]).await;
+    assert_eq!(r.body.as_ref(), b"version two+3");
+    let head = f.send(request("HEAD", "/files/c.bin", &[], Body::empty())).await;
+    assert_eq!(head.header("etag"), r.header("etag"));
+    assert_eq!(head.header("content-length"), Some("13"));
+
+    // Removed: 404 at once.
+    std::fs::remove_file(f.store.root().join("c.bin")).unwrap();
+    assert_eq!(f.get("/files/c.bin", &[]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(f.send(request("HEAD", "/files/c.bin", &[], Body::empty())).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Only downloads of 1 MiB and more are listed as transfers.
+#[tokio::test]
+async fn small_answers_are_counted_not_listed() {
+    let f = cached();
+    f.put("s", &pattern(100));
+    f.get("/files/s", &[]).await;
+    f.get("/files/s", &[]).await;
+    let s = f.state.metrics().snapshot();
+    assert_eq!(s.responses, [0, 2, 0, 0, 0]);
+    assert_eq!((s.cache_hits, s.cache_misses), (1, 1));
+    assert!(s.transfers.is_empty());
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use bytes::Bytes;
-use ferry_files::FileStore;
+use ferry_files::{FileCache, FileStore};
 use ferry_http::{HttpLimits, HttpState, StatusSource};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -26,10 +26,15 @@ impl Fixture {
     }
 
     pub fn with(limits: HttpLimits, status: StatusSource) -> Fixture {
+        Fixture::with_cache(limits, status, None)
+    }
+
+    /// Small-file reads go through `cache`, as in `ferry serve`.
+    pub fn with_cache(limits: HttpLimits, status: StatusSource, cache: Option<Arc<FileCache>>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store =
             Arc::new(FileStore::open(&dir.path().join("root"), &dir.path().join("root/.ferry-uploads")).unwrap());
-        let state = HttpState::new(store.clone(), limits, status);
+        let state = HttpState::with_cache(store.clone(), limits, status, cache);
         Fixture { dir, store, state }
     }
 
