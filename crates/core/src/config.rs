@@ -73,6 +73,9 @@ pub struct HttpConfig {
     pub idle_timeout_secs: u64,
     /// Longest wait for a request's head (also bounds idle keep-alive).
     pub header_read_timeout_secs: u64,
+    /// Server-wide bound on the file pieces being streamed (files not
+    /// served from the cache), besides a small allowance per connection.
+    pub stream_buffer_bytes: u64,
 }
 
 /// The memcached-protocol kv service.
@@ -213,6 +216,7 @@ impl Default for HttpConfig {
             max_upload_bytes: 1 << 40,
             idle_timeout_secs: 60,
             header_read_timeout_secs: 30,
+            stream_buffer_bytes: 64 << 20,
         }
     }
 }

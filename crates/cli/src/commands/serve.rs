@@ -54,6 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(config.http.idle_timeout_secs),
             header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
             drain_timeout: Duration::from_secs(config.upgrade.drain_secs),
+            stream_buffer_bytes: usize::try_from(config.http.stream_buffer_bytes).unwrap_or(usize::MAX),
             ..HttpLimits::default()
         };
         let shown = cache.clone();
