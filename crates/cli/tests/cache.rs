@@ -8,21 +8,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 
-use common::{DEADLINE, Server, run};
+use common::{DEADLINE, Server, bytes, run};
 
 const KIB: usize = 1024;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// A server with HTTP and a small cache (1 MiB, files up to 256 KiB).
 fn server(dir: &Path, policy: &str) -> Server {
@@ -74,9 +62,9 @@ fn native_and_http_share_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), "s3fifo");
     let http = server.http_addr();
-    let a = noise(100 * KIB, 1);
+    let a = bytes(100 * KIB, 1);
     native_put(&server, dir.path(), "a.bin", &a);
-    let big = noise(300 * KIB, 2);
+    let big = bytes(300 * KIB, 2);
     native_put(&server, dir.path(), "big.bin", &big);
 
     assert!(native_get(&server, dir.path(), "a.bin") == a);
@@ -102,14 +90,14 @@ fn native_and_http_share_the_cache() {
     assert!(metrics.contains("cache"), "{metrics}");
 
     // A new version replaces the entry; nobody reads the old bytes.
-    let a2 = noise(100 * KIB, 3);
+    let a2 = bytes(100 * KIB, 3);
     native_put(&server, dir.path(), "a.bin", &a2);
     assert!(names(&cache_json(&server, dir.path())).is_empty(), "a PUT left the old version cached");
     assert!(http_get(&http, "/files/a.bin").1 == a2, "HTTP served a stale version");
     assert!(native_get(&server, dir.path(), "a.bin") == a2, "GET served a stale version");
     // Changed behind the server's back (no PUT): the etag differs, so the
     // cached bytes are not served either.
-    let a3 = noise(100 * KIB + 1, 4);
+    let a3 = bytes(100 * KIB + 1, 4);
     std::fs::write(server.root().join("a.bin"), &a3).unwrap();
     assert!(http_get(&http, "/files/a.bin").1 == a3, "HTTP served a file changed on disk from the cache");
     assert!(native_get(&server, dir.path(), "a.bin") == a3, "GET served a file changed on disk from the cache");
@@ -122,7 +110,7 @@ fn the_bound_holds_under_concurrent_readers() {
     let dir = tempfile::tempdir().unwrap();
     let server = server(dir.path(), "lru");
     let http = server.http_addr();
-    let files: Vec<Vec<u8>> = (0..12).map(|i| noise(150 * KIB + i * 100, i as u64 + 10)).collect();
+    let files: Vec<Vec<u8>> = (0..12).map(|i| bytes(150 * KIB + i * 100, i as u64 + 10)).collect();
     std::fs::create_dir_all(server.root()).unwrap();
     for (i, f) in files.iter().enumerate() {
         std::fs::write(server.root().join(format!("f{i}.bin")), f).unwrap();

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{DEADLINE, Server, alive, ferry, run, wait_for};
+use common::{DEADLINE, Server, alive, bytes, ferry, run, wait_for};
 
 /// One HTTP/1.1 exchange on a fresh connection (`Connection: close`).
 struct Reply {
@@ -63,18 +63,6 @@ fn get(addr: &str, path: &str) -> Reply {
     request(addr, "GET", path, &[], b"")
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn upgrade(server: &Server) -> serde_json::Value {
     let out = run(ferry().args(["upgrade", "--json", "--data"]).arg(&server.data));
     assert!(out.status.success(), "upgrade failed: {}\n{}", String::from_utf8_lossy(&out.stderr), server.log());
@@ -99,7 +87,7 @@ fn http_and_native_share_one_store() {
     assert_eq!(get(&http, "/healthz").status, 200);
 
     // Native PUT, HTTP GET.
-    let a = noise(300_000, 1);
+    let a = bytes(300_000, 1);
     put_native(&server, dir.path(), "dir/a.bin", &a);
     let r = get(&http, "/files/dir/a.bin");
     assert_eq!(r.status, 200);
@@ -120,7 +108,7 @@ fn http_and_native_share_one_store() {
     assert_eq!((r.status, r.header("content-length")), (200, Some("300000")));
 
     // HTTP PUT, native GET.
-    let b = noise(123_457, 2);
+    let b = bytes(123_457, 2);
     let r = request(&http, "PUT", "/files/up/b.bin", &[], &b);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let out_path = dir.path().join("b.out");
@@ -155,7 +143,7 @@ fn http_download_drains_across_an_upgrade() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_http(dir.path(), &[]);
     let http = server.http_addr();
-    let big = noise(48 << 20, 3);
+    let big = bytes(48 << 20, 3);
     std::fs::create_dir_all(server.root()).unwrap();
     std::fs::write(server.root().join("big.bin"), &big).unwrap();
 
@@ -210,7 +198,7 @@ fn dashboard_shows_files_and_upgrades_in_a_browser() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_http(dir.path(), &[]);
-    put_native(&server, dir.path(), "reports/q3.pdf", &noise(5000, 4));
+    put_native(&server, dir.path(), "reports/q3.pdf", &bytes(5000, 4));
     put_native(&server, dir.path(), "notes.txt", b"hello");
     let report = upgrade(&server);
     let new_pid = report["new_pid"].as_i64().unwrap();

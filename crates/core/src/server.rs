@@ -456,9 +456,31 @@ pub async fn request_upgrade(
 
 async fn admin_request(data: &std::path::Path, req: &AdminRequest) -> io::Result<admin::AdminResponse> {
     let socket = DataDir::new(data).socket();
-    admin::request(&socket, req)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("no ferry server answers at {} ({e})", socket.display())))
+    // A status request that meets a live upgrade may be accepted by the old
+    // process as it exits, which closes the connection unanswered; asking
+    // again reaches the new one. Only requests that change nothing are
+    // repeated.
+    let attempts = if matches!(req, AdminRequest::Status) { 5 } else { 1 };
+    let mut attempt = 1;
+    loop {
+        match admin::request(&socket, req).await {
+            Err(e) if attempt < attempts && is_cut_short(&e) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => {
+                return result.map_err(|e| {
+                    io::Error::new(e.kind(), format!("no ferry server answers at {} ({e})", socket.display()))
+                });
+            }
+        }
+    }
+}
+
+/// Whether an admin exchange failed because the server closed the
+/// connection under it (rather than because no server listens).
+fn is_cut_short(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof)
 }
 
 /// Awaits every future (sequentially is enough: the wait ends when the

@@ -55,6 +55,20 @@ impl Server {
     }
 
     fn spawn_env(data: PathBuf, port: &str, extra: Vec<String>, env: &[(&str, &str)]) -> Server {
+        let services = ["--transfer-port", port, "--no-http", "--no-kv", "--no-sync"];
+        Server::launch(data, &services, extra, env, &[])
+    }
+
+    /// Starts `ferry serve --data <data>` with `services` (ports and
+    /// `--no-*` flags) then `extra`, and waits for listen.json to name the
+    /// transfer service and every one of `wait_for_keys`.
+    fn launch(
+        data: PathBuf,
+        services: &[&str],
+        extra: Vec<String>,
+        env: &[(&str, &str)],
+        wait_for_keys: &[&str],
+    ) -> Server {
         let _ = std::fs::remove_file(data.join("listen.json"));
         let log = std::fs::create_dir_all(&data)
             .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
@@ -62,7 +76,7 @@ impl Server {
         let child = ferry()
             .args(["serve", "--data"])
             .arg(&data)
-            .args(["--transfer-port", port, "--no-http", "--no-kv", "--no-sync"])
+            .args(services)
             .args(&extra)
             .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.iter().copied())
@@ -72,9 +86,13 @@ impl Server {
             .spawn()
             .expect("spawn ferry serve");
         let listen = data.join("listen.json");
-        let addr = wait_for("listen.json", DEADLINE, || {
+        let what = format!("listen.json naming transfer {}", wait_for_keys.join(" "));
+        let addr = wait_for(&what, DEADLINE, || {
             let text = std::fs::read_to_string(&listen).ok()?;
             let map: serde_json::Value = serde_json::from_str(&text).ok()?;
+            for key in wait_for_keys {
+                map[key].as_str()?;
+            }
             map["transfer"].as_str().map(str::to_string)
         });
         Server { child, data, addr, extra }
@@ -297,57 +315,15 @@ impl Server {
     /// [`Server::kv_addr`]. The plain starters pass `--no-kv`, and so does
     /// [`Server::restart`]: a server from here is not meant to be restarted.
     pub fn start_kv(dir: &Path, extra: &[&str]) -> Server {
-        let data = dir.join("data");
-        let _ = std::fs::remove_file(data.join("listen.json"));
-        let log = std::fs::create_dir_all(&data)
-            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
-            .expect("open server log");
-        let child = ferry()
-            .args(["serve", "--data"])
-            .arg(&data)
-            .args(["--transfer-port", "0", "--kv-port", "0", "--no-http", "--no-sync"])
-            .args(extra)
-            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ferry serve");
-        let listen = data.join("listen.json");
-        let (addr, _) = wait_for("listen.json with kv", DEADLINE, || {
-            let text = std::fs::read_to_string(&listen).ok()?;
-            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((map["transfer"].as_str()?.to_string(), map["kv"].as_str()?.to_string()))
-        });
-        Server { child, data, addr, extra: extra.iter().map(|s| s.to_string()).collect() }
+        let services = ["--transfer-port", "0", "--kv-port", "0", "--no-http", "--no-sync"];
+        Server::launch(dir.join("data"), &services, extra.iter().map(|s| s.to_string()).collect(), &[], &["kv"])
     }
 
     /// Starts a server with the HTTP gateway on a free port as well as the
     /// transfer service; find it with [`Server::http_addr`].
     pub fn start_http(dir: &Path, extra: &[&str]) -> Server {
-        let data = dir.join("data");
-        let _ = std::fs::remove_file(data.join("listen.json"));
-        let log = std::fs::create_dir_all(&data)
-            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
-            .expect("open server log");
-        let child = ferry()
-            .args(["serve", "--data"])
-            .arg(&data)
-            .args(["--transfer-port", "0", "--http-port", "0", "--no-kv", "--no-sync"])
-            .args(extra)
-            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ferry serve");
-        let listen = data.join("listen.json");
-        let (addr, _) = wait_for("listen.json with http", DEADLINE, || {
-            let text = std::fs::read_to_string(&listen).ok()?;
-            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
-            Some((map["transfer"].as_str()?.to_string(), map["http"].as_str()?.to_string()))
-        });
-        Server { child, data, addr, extra: extra.iter().map(|s| s.to_string()).collect() }
+        let services = ["--transfer-port", "0", "--http-port", "0", "--no-kv", "--no-sync"];
+        Server::launch(dir.join("data"), &services, extra.iter().map(|s| s.to_string()).collect(), &[], &["http"])
     }
 
     /// `127.0.0.1:PORT` of the HTTP gateway, from `listen.json`.
@@ -452,30 +428,9 @@ impl Server {
     }
 
     fn spawn_sync(data: PathBuf, port: &str, push_port: &str, extra: Vec<String>) -> Server {
-        let _ = std::fs::remove_file(data.join("listen.json"));
-        let log = std::fs::create_dir_all(&data)
-            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(data.join("serve.log")))
-            .expect("open server log");
-        let child = ferry()
-            .args(["serve", "--data"])
-            .arg(&data)
-            .args(["--transfer-port", "0", "--sync-port", port, "--sync-push-port", push_port, "--no-http", "--no-kv"])
-            .args(&extra)
-            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn ferry serve");
-        let listen = data.join("listen.json");
-        let addr = wait_for("listen.json with sync", DEADLINE, || {
-            let text = std::fs::read_to_string(&listen).ok()?;
-            let map: serde_json::Value = serde_json::from_str(&text).ok()?;
-            map["sync"].as_str()?;
-            map["sync_push"].as_str()?;
-            map["transfer"].as_str().map(str::to_string)
-        });
-        Server { child, data, addr, extra }
+        let services =
+            ["--transfer-port", "0", "--sync-port", port, "--sync-push-port", push_port, "--no-http", "--no-kv"];
+        Server::launch(data, &services, extra, &[], &["sync", "sync_push"])
     }
 
     /// The sync service's update and push ports, from `listen.json`.
