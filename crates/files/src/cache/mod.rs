@@ -12,6 +12,7 @@ pub mod fifo;
 pub mod key_queue;
 pub mod lru;
 pub mod policy;
+pub mod queue_policy;
 pub mod s3fifo;
 pub mod single_flight;
 pub mod snapshot;
