@@ -10,7 +10,7 @@ use ferry_files::SafeName;
 use tokio::time::Instant;
 
 use super::TransferService;
-use super::session::{Step, announce_resume, closed_by_peer, fail, frame_error, park_transfer};
+use super::session::{Step, announce_resume, fail, frame_error, park_transfer, wait_for_input};
 use super::state::{FeedState, Phase, RegisterState};
 use crate::backup::line::NodeLine;
 use crate::backup::node_id::NodeId;
@@ -99,24 +99,8 @@ pub(super) async fn run(
             Ok(None) => {}
             Err(e) => return frame_error(conn, e),
         }
-        tokio::select! {
-            biased;
-            _ = ctx.pause.wait() => {}
-            event = conn.pump(true) => match event {
-                Ok(event) if event.peer_closed() => return closed_by_peer(conn),
-                Ok(event) => {
-                    if event.got_input() {
-                        deadline = Instant::now() + idle_for;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("backup node connection failed: {e}");
-                    return Step::Close;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                return fail(conn, ErrorCode::Timeout, &format!("no inventory for {}s", idle_for.as_secs()));
-            }
+        if let Err(step) = wait_for_input(conn, ctx, &mut deadline, idle_for, "inventory").await {
+            return step;
         }
     }
 }

@@ -127,24 +127,8 @@ async fn idle(svc: &Arc<TransferService>, conn: &mut Conn, ctx: &mut SessionCtx)
             Ok(None) => {}
             Err(e) => return frame_error(conn, e),
         }
-        tokio::select! {
-            biased;
-            _ = ctx.pause.wait() => {}
-            event = conn.pump(true) => match event {
-                Ok(event) if event.peer_closed() => return closed_by_peer(conn),
-                Ok(event) => {
-                    if event.got_input() {
-                        deadline = Instant::now() + idle_for;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("connection failed: {e}");
-                    return Step::Close;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                return fail(conn, ErrorCode::Timeout, &format!("no command for {}s", idle_for.as_secs()));
-            }
+        if let Err(step) = wait_for_input(conn, ctx, &mut deadline, idle_for, "command").await {
+            return step;
         }
     }
 }
@@ -229,4 +213,37 @@ async fn close(mut conn: Conn) {
         }
     };
     let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+}
+
+/// Waits until more input arrives or a pause is requested, moving
+/// `deadline` on when input comes. `Err` ends the phase: the peer closed,
+/// the connection failed, or no `what` came within `idle_for` (answered
+/// with a timeout error).
+pub(super) async fn wait_for_input(
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    deadline: &mut Instant,
+    idle_for: Duration,
+    what: &str,
+) -> Result<(), Step> {
+    tokio::select! {
+        biased;
+        _ = ctx.pause.wait() => Ok(()),
+        event = conn.pump(true) => match event {
+            Ok(event) if event.peer_closed() => Err(closed_by_peer(conn)),
+            Ok(event) => {
+                if event.got_input() {
+                    *deadline = Instant::now() + idle_for;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!("connection failed while waiting for a {what}: {e}");
+                Err(Step::Close)
+            }
+        },
+        _ = tokio::time::sleep_until(*deadline) => {
+            Err(fail(conn, ErrorCode::Timeout, &format!("no {what} for {}s", idle_for.as_secs())))
+        }
+    }
 }
