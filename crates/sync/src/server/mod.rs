@@ -25,7 +25,7 @@ pub use service::{SyncPushService, SyncUpdateService};
 pub use state::{Expect, PushItemState, PushState, STATE_FORMAT, UpdateState, UploadState};
 
 use crate::message_reader::{encode, max_message_len};
-use crate::{Limits, Message};
+use crate::{ClientId, Hello, Limits, Message, PROTOCOL_VERSION, Role};
 
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
@@ -43,6 +43,26 @@ pub(crate) fn max_read_buffer(limits: &Limits) -> usize {
 
 pub(crate) fn queue_message(conn: &mut Conn, message: &Message) {
     conn.queue(encode(message));
+}
+
+/// Checks a connection's first message: a hello of this protocol version
+/// for `role` (the port's). A hello of another version is answered with ours,
+/// so the client learns what this server speaks; anything else is logged.
+/// `Err` closes the connection.
+pub(crate) fn accept_hello(message: Message, role: Role, conn: &mut Conn) -> Result<ClientId, ()> {
+    let Message::Hello(hello) = message else {
+        tracing::debug!("sync: {} before the hello on the {role:?} port; closing", message.message_type().name());
+        return Err(());
+    };
+    if hello.version != PROTOCOL_VERSION {
+        queue_message(conn, &Message::Hello(Hello::new(hello.role, hello.client_id)));
+        return Err(());
+    }
+    if hello.role != role {
+        tracing::debug!("sync: a {:?} hello on the {role:?} port; closing", hello.role);
+        return Err(());
+    }
+    Ok(hello.client_id)
 }
 
 /// Flushes what is queued (briefly) and closes our side.

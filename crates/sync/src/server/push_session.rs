@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::client_table::ConnSlot;
 use super::hub::{SyncHub, mtime_ns};
 use super::state::{Expect, PushItemState, PushState, STATE_FORMAT};
-use super::{close_conn, queue_message, read_high_water};
+use super::{accept_hello, close_conn, queue_message, read_high_water};
 use crate::message_reader::{MessageReader, Next};
-use crate::{ClientId, EntryState, Hello, Md5Sum, Message, PROTOCOL_VERSION, Role, StatusCode};
+use crate::{ClientId, EntryState, Md5Sum, Message, Role, StatusCode};
 
 enum End {
     Park,
@@ -364,19 +364,7 @@ impl PushSession {
 
     /// The first message: a hello for the push role attaches this connection to its client.
     fn hello(&mut self, message: Message, conn: &mut Conn) -> Result<(), ()> {
-        let Message::Hello(hello) = message else {
-            tracing::debug!("sync: {} before the hello on the push port; closing", message.message_type().name());
-            return Err(());
-        };
-        if hello.version != PROTOCOL_VERSION {
-            queue_message(conn, &Message::Hello(Hello::new(hello.role, hello.client_id)));
-            return Err(());
-        }
-        if hello.role != Role::Push {
-            tracing::debug!("sync: an update hello on the push port; closing");
-            return Err(());
-        }
-        let client = hello.client_id;
+        let client = accept_hello(message, Role::Push, conn)?;
         let slot = ConnSlot { id: self.conn_id, cancel: self.cancel.clone() };
         match self.hub.clients().attach(&client, Role::Push, slot) {
             Ok((wake, replaced)) => {

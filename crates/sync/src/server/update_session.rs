@@ -27,11 +27,10 @@ use super::client_table::ConnSlot;
 use super::hub::SyncHub;
 use super::staged_upload::StagedUpload;
 use super::state::{STATE_FORMAT, UpdateState, UploadState};
-use super::{close_conn, queue_message, read_high_water};
+use super::{accept_hello, close_conn, queue_message, read_high_water};
 use crate::message_reader::{MessageReader, Next};
 use crate::{
-    ChunkVerdict, ClientId, FinishVerdict, Hello, LeaseKind, Md5Sum, Message, PROTOCOL_VERSION, Role, StatusCode,
-    UploadTracker, WireError,
+    ChunkVerdict, ClientId, FinishVerdict, LeaseKind, Md5Sum, Message, Role, StatusCode, UploadTracker, WireError,
 };
 
 /// Messages whose disk work may be in flight at once on one connection.
@@ -423,19 +422,7 @@ impl UpdateSession {
     /// The first message: a hello for the update role starts the client's session and is answered
     /// with the META-DATA.
     fn hello(&mut self, message: Message, conn: &mut Conn) -> Result<(), ()> {
-        let Message::Hello(hello) = message else {
-            tracing::debug!("sync: {} before the hello; closing", message.message_type().name());
-            return Err(());
-        };
-        if hello.version != PROTOCOL_VERSION {
-            queue_message(conn, &Message::Hello(Hello::new(hello.role, hello.client_id)));
-            return Err(());
-        }
-        if hello.role != Role::Update {
-            tracing::debug!("sync: a push hello on the update port; closing");
-            return Err(());
-        }
-        let client = hello.client_id;
+        let client = accept_hello(message, Role::Update, conn)?;
         let slot = ConnSlot { id: self.conn_id, cancel: self.cancel.clone() };
         let (replaced, snapshot) = {
             let roster = self.hub.roster();
