@@ -192,7 +192,6 @@ done
 echo "  load avg   $(cut -d' ' -f1-3 /proc/loadavg) (end)"
 echo
 
-median() { tr ' ' '\n' | awk NF | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 series() { local -n arr=$1; local r out=""; for ((r = 1; r <= ROUNDS; r++)); do out+="${arr[$2,$r]:-0} "; done; echo "$out"; }
 
 declare -A MED

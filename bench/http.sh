@@ -76,9 +76,10 @@
 set -euo pipefail
 export LC_ALL=C
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() { echo "http.sh: $*" >&2; exit 1; }
-note() { echo "-- $*" >&2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+NAME=http.sh
 
 QUICK=0
 KEEP=0
@@ -86,7 +87,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --keep) KEEP=1 ;;
-        -h | --help) usage; exit 0 ;;
+        -h | --help) usage "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -103,7 +104,6 @@ MIX_FILES=${MIX_FILES:-120}
 FERRY_BEFORE=${FERRY_BEFORE:-}
 PROFILE=${PROFILE:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
 
 # --- tools, arguments ----------------------------------------------------------
@@ -565,7 +565,6 @@ echo
 
 # --- report ------------------------------------------------------------------------
 
-median() { tr ' ' '\n' | awk NF | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 series() { local -n arr=$1; local r out=""; for ((r = 1; r <= ROUNDS; r++)); do out+="${arr[$2,$r]} "; done; echo "${out% }"; }
 # Per-round ratios of array $1: contender $2 over $3, for key suffix $4 ("" or ",file").
 per_round() {

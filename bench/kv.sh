@@ -56,9 +56,10 @@
 set -euo pipefail
 export LC_ALL=C
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() { echo "kv.sh: $*" >&2; exit 1; }
-note() { echo "-- $*" >&2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+NAME=kv.sh
 
 QUICK=0
 KEEP=0
@@ -66,7 +67,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --keep) KEEP=1 ;;
-        -h | --help) usage; exit 0 ;;
+        -h | --help) usage "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -81,7 +82,6 @@ DIVISION=${DIVISION:-16}
 WIN_SIZE=${WIN_SIZE:-10k}
 PROFILE=${PROFILE:-}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
 
 # --- tools, arguments ----------------------------------------------------------
@@ -344,7 +344,6 @@ fi
 
 # --- report ------------------------------------------------------------------------
 
-median() { tr ' ' '\n' | awk NF | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 series() { local -n arr=$1; local r out=""; for ((r = 1; r <= ROUNDS; r++)); do out+="${arr[$2,$r]} "; done; echo "${out% }"; }
 target_of() {
     case $1 in

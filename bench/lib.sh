@@ -65,3 +65,6 @@ listen_addr() {
 json_field() {
     echo "$1" | sed -n "s/.*\"$2\": *\\([0-9][0-9]*\\).*/\\1/p" | head -n 1
 }
+
+# The median of the numbers on standard input (separated by spaces or lines).
+median() { tr ' ' '\n' | awk NF | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

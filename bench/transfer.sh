@@ -31,15 +31,16 @@
 set -euo pipefail
 export LC_ALL=C
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() { echo "transfer.sh: $*" >&2; exit 1; }
-note() { echo "-- $*" >&2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+NAME=transfer.sh
 
 QUICK=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
-        -h | --help) usage; exit 0 ;;
+        -h | --help) usage "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -52,7 +53,6 @@ else
 fi
 RAW_BUF=${RAW_BUF:-262144}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
 
 # --- tools -------------------------------------------------------------------
@@ -288,7 +288,6 @@ echo
 
 # --- report ------------------------------------------------------------------
 
-median() { tr ' ' '\n' | awk NF | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 # The values of associative array $1 for contender $2, round by round.
 series() { local -n arr=$1; local r out=""; for ((r = 1; r <= ROUNDS; r++)); do out+="${arr[$2,$r]:-0} "; done; echo "$out"; }
 

@@ -40,9 +40,10 @@
 set -euo pipefail
 export LC_ALL=C
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-die() { echo "upgrade.sh: $*" >&2; exit 1; }
-note() { echo "-- $*" >&2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+NAME=upgrade.sh
 
 QUICK=0
 KEEP=0
@@ -50,7 +51,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
         --keep) KEEP=1 ;;
-        -h | --help) usage; exit 0 ;;
+        -h | --help) usage "$0"; exit 0 ;;
         *) die "unknown argument: $arg (try --help)" ;;
     esac
 done
@@ -72,7 +73,6 @@ BYTES=$(numfmt --from=iec "$SIZE") || die "bad SIZE: $SIZE"
 RATE_BPS=$(numfmt --from=iec "$RATE") || die "bad RATE: $RATE"
 ((BYTES > 0 && RATE_BPS > 0)) || die "SIZE and RATE must be positive"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 # --- open files ----------------------------------------------------------------
