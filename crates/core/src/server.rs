@@ -329,7 +329,13 @@ impl Runtime {
     /// rather than migrate to finish, once every accept loop has stopped.
     async fn drain(&self) {
         let limit = Duration::from_secs(self.config.upgrade.drain_secs);
-        let all = futures_join_all(self.services.iter().map(|e| e.drain()).collect());
+        let drains: Vec<_> = self.services.iter().map(|e| e.drain()).collect();
+        // In turn is enough: the wait ends when the slowest is done either way.
+        let all = async {
+            for drain in drains {
+                drain.await;
+            }
+        };
         if tokio::time::timeout(limit, all).await.is_err() {
             tracing::warn!("connections still draining after {limit:?}; closing them");
         }
@@ -481,14 +487,6 @@ async fn admin_request(data: &std::path::Path, req: &AdminRequest) -> io::Result
 /// connection under it (rather than because no server listens).
 fn is_cut_short(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof)
-}
-
-/// Awaits every future (sequentially is enough: the wait ends when the
-/// slowest is done either way).
-async fn futures_join_all(futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>) {
-    for f in futures {
-        f.await;
-    }
 }
 
 /// What a status request answers while the server is being torn down.
