@@ -25,6 +25,8 @@
 #   FILES      files in the bulk step (default 1000; --quick 200)
 #   SIZE       big file size, IEC suffixes allowed (default 1G; --quick 64M)
 #   BENCH_DIR  where the scratch directory is made (default ${TMPDIR:-/tmp})
+#   FERRY      a ferry binary to run instead of building this checkout's
+#              release build (to compare two builds side by side)
 set -euo pipefail
 export LC_ALL=C
 NAME=sync.sh
@@ -49,10 +51,15 @@ need_tools cargo python3 socat ss cmp sync awk sort numfmt df git getconf
 BYTES=$(numfmt --from=iec "$SIZE") || die "bad SIZE: $SIZE"
 [[ $COUNT =~ ^[0-9]+$ && $FILES =~ ^[0-9]+$ && $BYTES =~ ^[0-9]+$ ]] || die "COUNT, FILES and SIZE must be numbers"
 
-FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
 PROBE="python3 $ROOT/bench/sync_probe.py"
-note "building: cargo build --release -p ferry-cli"
-(cd "$ROOT" && cargo build --release -p ferry-cli --quiet) || die "build failed"
+if [[ -n ${FERRY:-} ]]; then
+    [[ -x $FERRY ]] || die "FERRY=$FERRY is not an executable"
+    note "using $FERRY (not building)"
+else
+    FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
+    note "building: cargo build --release -p ferry-cli"
+    (cd "$ROOT" && cargo build --release -p ferry-cli --quiet) || die "build failed"
+fi
 
 PARENT=${BENCH_DIR:-${TMPDIR:-/tmp}}
 mkdir -p "$PARENT"

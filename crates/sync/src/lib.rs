@@ -8,6 +8,7 @@
 //! The wire format is specified in `docs/sync-protocol.md`, the operator's view in `docs/sync.md`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod chunk_digests;
 pub mod client;
 pub mod client_id;
 pub mod conflict_name;
@@ -17,6 +18,7 @@ pub mod message_reader;
 pub mod reconcile;
 pub mod roster;
 pub mod server;
+pub mod twin_md5;
 pub mod update_queue;
 pub mod upload_tracker;
 pub mod wire;

@@ -12,13 +12,11 @@ use md5::digest::common::hazmat::{SerializableState, SerializedState};
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
+use crate::twin_md5::chunk_md5_and_update;
 use crate::{Md5Sum, StatusCode};
 
 /// Failures in a row that abort a transfer (the seed's three).
 pub const MAX_STRIKES: u8 = 3;
-/// Chunks at least this large are digested on two threads at once (below it, starting a thread costs
-/// more than it saves).
-const PARALLEL_FROM: usize = 256 * 1024;
 
 /// What to do with a chunk, and the status code that says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,23 +108,10 @@ impl UploadTracker {
             // The decoder refuses empty chunks; one reaching here is still an invalid size.
             return self.invalid_chunk_size();
         }
-        // The chunk's digest and the whole file's are independent until the verdict: for a large
-        // chunk, digest it into a copy of the whole-file state on a second thread meanwhile, and keep
-        // that copy only if the chunk is accepted. The receiver's time per chunk is then one MD5 pass.
-        let (actual, digested) = if data.len() >= PARALLEL_FROM {
-            let mut next = self.file.clone();
-            let actual = std::thread::scope(|scope| {
-                let whole = scope.spawn(|| next.update(data));
-                let actual = Md5Sum::of(data);
-                if let Err(panic) = whole.join() {
-                    std::panic::resume_unwind(panic);
-                }
-                actual
-            });
-            (actual, Some(next))
-        } else {
-            (Md5Sum::of(data), None)
-        };
+        // The chunk's digest and the whole file's in one pass (crate::twin_md5), the latter into a copy
+        // of the whole-file state that is kept only if the chunk is accepted.
+        let mut next = self.file.clone();
+        let actual = chunk_md5_and_update(&mut next, data);
         if actual != claimed {
             self.bad_checksums += 1;
             if self.bad_checksums >= MAX_STRIKES {
@@ -138,10 +123,7 @@ impl UploadTracker {
         if bytes > self.max_file_size {
             return self.abort(ChunkVerdict::AbortChunkSizes);
         }
-        match digested {
-            Some(next) => self.file = next,
-            None => self.file.update(data),
-        }
+        self.file = next;
         self.bytes = bytes;
         self.chunks += 1;
         self.bad_checksums = 0;
@@ -355,8 +337,8 @@ mod tests {
     }
 
     #[test]
-    fn large_chunks_digest_the_same_on_two_threads() {
-        let big: Vec<u8> = (0..PARALLEL_FROM + 17).map(|i| (i * 7) as u8).collect();
+    fn large_chunks_after_a_small_one_digest_the_same() {
+        let big: Vec<u8> = (0..256 * 1024 + 17).map(|i| (i * 7) as u8).collect();
         let mut t = UploadTracker::new(MAX);
         assert_eq!(t.chunk(Md5Sum::ZERO, &big), ChunkVerdict::ResendChecksum, "a bad large chunk is dropped");
         let (md5, data) = good(b"small first, ");

@@ -15,6 +15,8 @@ use std::path::{Component, Path, PathBuf};
 use ferry_files::SafeName;
 use md5::{Digest, Md5};
 
+use crate::chunk_digests::ChunkDigests;
+use crate::twin_md5::chunk_md5_and_update;
 use crate::{LocalFile, Md5Sum};
 
 /// The client's state directory inside the folder.
@@ -124,7 +126,14 @@ impl Folder {
 
     /// Reads and digests `name`. `None` if it is not a regular file (any more). A file that changes
     /// while it is read is read again (a few times), so the size, mtime and md5 describe one version.
-    pub fn digest(&self, name: &SafeName) -> io::Result<Option<LocalFile>> {
+    /// In the same pass it digests each `chunk_size` piece of the file, which an upload of this version
+    /// then sends without digesting it again ([`crate::chunk_digests`]); those are `None` for a file
+    /// with more chunks than are kept.
+    pub fn digest_chunks(
+        &self,
+        name: &SafeName,
+        chunk_size: u32,
+    ) -> io::Result<Option<(LocalFile, Option<ChunkDigests>)>> {
         for _ in 0..4 {
             let mut file = match File::open(self.path(name)) {
                 Ok(file) => file,
@@ -135,10 +144,10 @@ impl Folder {
             if !before.is_file() || fs::symlink_metadata(self.path(name)).is_ok_and(|m| m.file_type().is_symlink()) {
                 return Ok(None);
             }
-            let md5 = md5_reader(&mut file)?;
+            let (md5, chunks) = md5_chunks(&mut file, chunk_size)?;
             let after = file.metadata()?;
             if after.len() == before.len() && mtime_ns(&after) == mtime_ns(&before) {
-                return Ok(Some(LocalFile { size: after.len(), mtime_ns: mtime_ns(&after), md5 }));
+                return Ok(Some((LocalFile { size: after.len(), mtime_ns: mtime_ns(&after), md5 }, chunks)));
             }
         }
         Err(io::Error::other(format!("{name} keeps changing while it is read")))
@@ -227,16 +236,39 @@ pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i64 {
     meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
 }
 
-fn md5_reader(reader: &mut impl Read) -> io::Result<Md5Sum> {
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
+/// The whole file's md5 and, in the same pass, each `chunk_size` piece's (`None` past
+/// [`crate::chunk_digests::MAX_CHUNKS`] pieces).
+fn md5_chunks(reader: &mut impl Read, chunk_size: u32) -> io::Result<(Md5Sum, Option<ChunkDigests>)> {
+    assert!(chunk_size > 0, "a chunk size is at least 1");
+    let mut whole = Md5::new();
+    let mut chunks = Some(ChunkDigests::new());
+    let mut buf = vec![0u8; chunk_size as usize];
     loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(Md5Sum(hasher.finalize().into()));
+        let got = read_full(reader, &mut buf)?;
+        if got == 0 {
+            return Ok((Md5Sum(whole.finalize().into()), chunks));
         }
-        hasher.update(&buf[..n]);
+        let md5 = chunk_md5_and_update(&mut whole, &buf[..got]);
+        if let Some(digests) = chunks.as_mut()
+            && !digests.push(md5, got as u32)
+        {
+            chunks = None;
+        }
     }
+}
+
+/// Reads until `buf` is full or the end of the file; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]
@@ -260,7 +292,7 @@ mod tests {
         names.sort();
         assert_eq!(names, ["a/b/c.txt", "top"]);
         assert_eq!(f.stat(&n("link")).unwrap().map(|m| m.len()), None);
-        assert!(f.digest(&n("link")).unwrap().is_none());
+        assert!(f.digest_chunks(&n("link"), 4).unwrap().is_none());
         let small = Folder::open(dir.path(), 1024, 1).unwrap();
         assert!(small.scan(None).is_err());
     }
@@ -274,7 +306,7 @@ mod tests {
         let got = f.install(&tmp, &n("x/y/z.txt"), Md5Sum::of(b"pushed")).unwrap();
         assert_eq!(got.size, 6);
         assert_eq!(fs::read(dir.path().join("x/y/z.txt")).unwrap(), b"pushed");
-        assert_eq!(f.digest(&n("x/y/z.txt")).unwrap().unwrap().md5, Md5Sum::of(b"pushed"));
+        assert_eq!(f.digest_chunks(&n("x/y/z.txt"), 4).unwrap().unwrap().0.md5, Md5Sum::of(b"pushed"));
         f.rename(&n("x/y/z.txt"), &n("x/y/z (copy).txt")).unwrap();
         assert!(f.remove(&n("x/y/z (copy).txt")).unwrap());
         assert!(!dir.path().join("x").exists(), "emptied directories go");

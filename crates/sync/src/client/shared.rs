@@ -22,6 +22,7 @@ use super::events::{SyncEvent, SyncObserver};
 use super::folder::{Folder, mtime_ns};
 use super::options::SyncOptions;
 use super::state_file::StateFiles;
+use crate::chunk_digests::{ChunkDigests, DigestCache, DigestedVersion};
 use crate::reconcile::{Action, reconcile};
 use crate::{ClientId, LocalEntry, LocalMetadata, Md5Sum, Metadata, StatusCode, Synced, conflicted_copy_name};
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub options: SyncOptions,
     pub observer: Arc<dyn SyncObserver>,
     inner: Mutex<Inner>,
+    /// The chunk digests of files digested when they changed, for their uploads.
+    digests: Mutex<DigestCache>,
     /// Bumped when there is new work for the update connection.
     work: watch::Sender<u64>,
 }
@@ -75,11 +78,29 @@ impl Shared {
         observer: Arc<dyn SyncObserver>,
     ) -> Shared {
         let inner = Inner { metadata, ..Inner::default() };
-        Shared { folder, state, client_id, options, observer, inner: Mutex::new(inner), work: watch::channel(0).0 }
+        Shared {
+            folder,
+            state,
+            client_id,
+            options,
+            observer,
+            inner: Mutex::new(inner),
+            digests: Mutex::new(DigestCache::new()),
+            work: watch::channel(0).0,
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn digest_cache(&self) -> MutexGuard<'_, DigestCache> {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chunk digests of `name`'s content `version`, if its digest left them.
+    pub fn chunk_digests(&self, name: &SafeName, version: DigestedVersion) -> Option<Arc<ChunkDigests>> {
+        self.digest_cache().get(name, version)
     }
 
     /// Tells the update connection there is work.
@@ -106,8 +127,16 @@ impl Shared {
                 if before.is_some_and(|b| b.size == meta.len() && b.mtime_ns == mtime_ns(&meta)) {
                     return;
                 }
-                match self.folder.digest(name) {
-                    Ok(file) => file,
+                match self.folder.digest_chunks(name, self.options.chunk_size) {
+                    Ok(Some((file, chunks))) => {
+                        if let Some(chunks) = chunks {
+                            let version =
+                                DigestedVersion { size: file.size, md5: file.md5, chunk_size: self.options.chunk_size };
+                            self.digest_cache().insert(name, version, chunks);
+                        }
+                        Some(file)
+                    }
+                    Ok(None) => None,
                     Err(e) => {
                         tracing::warn!("cannot read {name}: {e}");
                         return;

@@ -24,7 +24,9 @@ use super::events::{Direction, SyncEvent};
 use super::folder::mtime_ns;
 use super::rate_limit::RateLimit;
 use super::shared::{Job, Shared};
+use crate::chunk_digests::{ChunkDigests, DigestedVersion};
 use crate::message_reader::{MessageReader, Next, encode};
+use crate::twin_md5::chunk_md5_and_update;
 use crate::{Md5Sum, Message, StatusCode};
 
 /// What a reply on this connection answers.
@@ -59,6 +61,9 @@ struct Upload {
     /// chunks then need no whole-file digest, only a check before Finished that the file did not
     /// change meanwhile.
     known: Option<Known>,
+    /// The chunk digests made when the client digested that version, so its chunks go out without an
+    /// MD5 pass.
+    digests: Option<Arc<ChunkDigests>>,
     /// Bytes handed to chunks so far.
     read_to: u64,
     /// The whole file's digest so far; away while a read holds it.
@@ -196,6 +201,13 @@ impl Driver {
                         self.shared.observer.event(SyncEvent::Progress { name, direction: Direction::Up, done, total });
                     }
                     StatusCode::ResendChecksum | StatusCode::ResendChunkSize => {
+                        if code == StatusCode::ResendChecksum
+                            && let Some(chunk) = upload.unanswered.as_mut()
+                        {
+                            // A kept digest is of the file when it was digested; the resend carries
+                            // the digest of the bytes sent (a change since is caught before Finished).
+                            chunk.md5 = Md5Sum::of(&chunk.data);
+                        }
                         if let Some(chunk) = upload.unanswered.clone() {
                             let message = Message::FileChunk { md5: chunk.md5, name: name.clone(), data: chunk.data };
                             self.send(conn, &message);
@@ -292,10 +304,15 @@ impl Driver {
                         size,
                         mtime_ns: mtime,
                     });
+                    let chunk_size = self.shared.options.chunk_size;
+                    let digests = known.and_then(|k| {
+                        self.shared.chunk_digests(&name, DigestedVersion { size, md5: k.md5, chunk_size })
+                    });
                     let mut upload = Upload {
                         file: Arc::new(file),
                         size,
                         known,
+                        digests,
                         read_to: 0,
                         hasher: known.is_none().then(Md5::new),
                         reading: false,
@@ -327,9 +344,10 @@ impl Driver {
         let chunk_size = u64::from(self.shared.options.chunk_size);
         let (file, at, size, known) = (upload.file.clone(), upload.read_to, upload.size, upload.known);
         let len = chunk_size.min(size - at);
+        let kept = upload.digests.as_ref().and_then(|d| d.at(at, len));
         let name = name.clone();
         upload.reading = true;
-        self.reads.spawn_blocking(move || (name, read_chunk(&file, at, len, size, hasher, known)));
+        self.reads.spawn_blocking(move || (name, read_chunk(&file, at, len, size, hasher, known, kept)));
     }
 
     fn read_done(&mut self, name: SafeName, read: io::Result<ReadOut>) {
@@ -437,8 +455,8 @@ fn unchanged(upload: &Upload) -> bool {
     upload.file.metadata().is_ok_and(|m| m.len() == known.size && mtime_ns(&m) == known.mtime_ns)
 }
 
-/// Reads `len` bytes at `at` of a file of `size` bytes and digests them as a chunk, and into the whole
-/// file's digest unless that is `known` already.
+/// Reads `len` bytes at `at` of a file of `size` bytes and digests them as a chunk (unless `kept` is
+/// that chunk's digest already), and into the whole file's digest unless that is `known` already.
 fn read_chunk(
     file: &File,
     at: u64,
@@ -446,6 +464,7 @@ fn read_chunk(
     size: u64,
     hasher: Option<Md5>,
     known: Option<Known>,
+    kept: Option<Md5Sum>,
 ) -> io::Result<ReadOut> {
     let mut buf = vec![0u8; len as usize];
     let mut got = 0;
@@ -462,7 +481,7 @@ fn read_chunk(
     let ends = read_to >= size || (got as u64) < len;
     let Some(mut hasher) = hasher else {
         // The whole file's md5 is known; a file that shrank is caught before Finished.
-        let md5 = Md5Sum::of(&buf);
+        let md5 = kept.filter(|_| got as u64 == len).unwrap_or_else(|| Md5Sum::of(&buf));
         let end = known.filter(|_| ends).map(|k| (read_to, k.md5));
         let chunk = (got > 0).then(|| Chunk { data: Bytes::from(buf), md5 });
         return Ok(ReadOut { chunk, hasher: None, end });
@@ -475,13 +494,7 @@ fn read_chunk(
             hasher: Some(hasher),
         });
     }
-    let md5 = Md5Sum::of(&buf);
-    let end = if at == 0 && read_to >= size {
-        // A file of one chunk: its digest is the chunk's.
-        Some((read_to, md5))
-    } else {
-        hasher.update(&buf);
-        ends.then(|| (read_to, Md5Sum(hasher.clone().finalize().into())))
-    };
+    let md5 = chunk_md5_and_update(&mut hasher, &buf);
+    let end = ends.then(|| (read_to, Md5Sum::of_hasher(&hasher)));
     Ok(ReadOut { chunk: Some(Chunk { data: Bytes::from(buf), md5 }), hasher: Some(hasher), end })
 }

@@ -29,6 +29,7 @@ use ferry_files::{FileStore, SafeName, StoreError};
 use super::client_table::{ClientTable, ConnSlot, SavedClient};
 use super::roster_file::{RosterFile, RosterFileError};
 use super::staged_upload::{StagedUpload, clear_dir};
+use crate::chunk_digests::{ChunkDigests, DigestCache, DigestedVersion};
 use crate::{ClientId, EntryState, LeaseKind, Limits, Md5Sum, Metadata, Roster, StatusCode, UpdateKind};
 
 /// How long a client entry may have no connection before it is dropped (sessions that did not come
@@ -97,6 +98,8 @@ pub struct SyncHub {
     pub(crate) store: FileStore,
     roster: Mutex<Roster>,
     clients: Mutex<ClientTable>,
+    /// The chunk digests of committed uploads, for their pushes.
+    digests: Mutex<DigestCache>,
     roster_file: RosterFile,
     handover_file: PathBuf,
     next_conn_id: AtomicU64,
@@ -132,6 +135,7 @@ impl SyncHub {
             store,
             roster: Mutex::new(roster),
             clients: Mutex::new(clients),
+            digests: Mutex::new(DigestCache::new()),
             roster_file,
             handover_file: dir.join("handover.json"),
             next_conn_id: AtomicU64::new(rand::random::<u64>() >> 16),
@@ -170,6 +174,16 @@ impl SyncHub {
     }
 
     /// A new connection id (unique within this process and, being random-based, across upgrades).
+    /// Keeps the verified chunk digests of an upload of `name` with content `version`.
+    pub(crate) fn keep_digests(&self, name: &SafeName, version: DigestedVersion, digests: ChunkDigests) {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner()).insert(name, version, digests);
+    }
+
+    /// The chunk digests of `name`'s content `version`, if an upload left them.
+    pub(crate) fn digests(&self, name: &SafeName, version: DigestedVersion) -> Option<Arc<ChunkDigests>> {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner()).get(name, version)
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_core::{Conn, Parked, SessionCtx, SessionEnd, TransferKind};
 use ferry_files::SafeName;
 use tokio::sync::Notify;
@@ -28,6 +28,7 @@ use super::client_table::ConnSlot;
 use super::hub::{SyncHub, mtime_ns};
 use super::state::{Expect, PushItemState, PushState, STATE_FORMAT};
 use super::{accept_hello, close_conn, queue_message, read_high_water};
+use crate::chunk_digests::{ChunkDigests, DigestedVersion};
 use crate::message_reader::{MessageReader, Next};
 use crate::{ClientId, EntryState, Md5Sum, Message, Role, StatusCode};
 
@@ -53,6 +54,8 @@ struct WriteItem {
     next: Option<(Bytes, Md5Sum)>,
     reading: Option<ReadTask>,
     finished_sent: bool,
+    /// The chunk digests the upload of this version left, so its chunks go out without an MD5 pass.
+    digests: Option<Arc<ChunkDigests>>,
 }
 
 enum Item {
@@ -185,6 +188,7 @@ impl PushSession {
                             next: None,
                             reading: None,
                             finished_sent,
+                            digests: None,
                         }));
                     }
                     Err(e) => {
@@ -336,6 +340,13 @@ impl PushSession {
                     }
                 }
                 StatusCode::ResendChecksum | StatusCode::ResendChunkSize => {
+                    if let Some((data, md5)) = w.unanswered.as_mut() {
+                        // A kept digest may not be of the bytes read (the file was replaced by hand
+                        // under the tree): the resend carries the digest of what is sent.
+                        if code == StatusCode::ResendChecksum {
+                            *md5 = Md5Sum::of(data);
+                        }
+                    }
                     if let Some((data, md5)) = w.unanswered.clone() {
                         let message = Message::FileChunk { md5, name: w.name.clone(), data };
                         self.send(conn, &message);
@@ -395,7 +406,8 @@ impl PushSession {
                         if w.next.is_none() && w.reading.is_none() && !w.finished_sent {
                             let at = w.sent + w.unanswered.as_ref().map_or(0, |(d, _)| d.len() as u64);
                             if at < w.size {
-                                w.reading = Some(read_chunk(w.file.clone(), at, chunk_size.min(w.size - at)));
+                                let len = chunk_size.min(w.size - at);
+                                w.reading = Some(read_chunk(w.file.clone(), at, len, known_md5(w, at, len)));
                             }
                         }
                         return;
@@ -409,7 +421,8 @@ impl PushSession {
                     }
                     let Some((data, md5)) = w.next.take() else {
                         if w.reading.is_none() {
-                            w.reading = Some(read_chunk(w.file.clone(), w.sent, chunk_size.min(w.size - w.sent)));
+                            let len = chunk_size.min(w.size - w.sent);
+                            w.reading = Some(read_chunk(w.file.clone(), w.sent, len, known_md5(w, w.sent, len)));
                         }
                         return;
                     };
@@ -487,7 +500,10 @@ fn start(hub: &SyncHub, name: &SafeName) -> Started {
     };
     let Ok(meta) = file.metadata() else { return Started::Skip };
     let mtime = mtime_ns(&meta);
+    let mut digests = None;
     let md5 = if meta.len() == size && mtime == entry.mtime_ns {
+        let chunk_size = u32::try_from(hub.limits().max_chunk_size).unwrap_or(u32::MAX);
+        digests = hub.digests(name, DigestedVersion { size, md5, chunk_size });
         md5
     } else {
         // Replaced between the roster read and the open: digest what was opened.
@@ -510,6 +526,7 @@ fn start(hub: &SyncHub, name: &SafeName) -> Started {
         next: None,
         reading: None,
         finished_sent: false,
+        digests,
     })
 }
 
@@ -531,7 +548,7 @@ async fn reopen(
             return Err(io::Error::other("the file changed"));
         }
         let chunk = match unanswered {
-            Some(len) => Some(read_at(&file, sent, u64::from(len))?),
+            Some(len) => Some(read_at(&file, sent, u64::from(len), None)?),
             None => None,
         };
         Ok((Arc::new(file), chunk))
@@ -539,16 +556,21 @@ async fn reopen(
     task.await.map_err(io::Error::other)?
 }
 
-fn read_chunk(file: Arc<File>, at: u64, len: u64) -> ReadTask {
-    tokio::task::spawn_blocking(move || read_at(&file, at, len))
+/// The kept digest of the chunk of `w` at `at`, `len` bytes long, if there is one.
+fn known_md5(w: &WriteItem, at: u64, len: u64) -> Option<Md5Sum> {
+    w.digests.as_ref().and_then(|d| d.at(at, len))
 }
 
-/// `len` bytes at `at`, and their md5.
-fn read_at(file: &File, at: u64, len: u64) -> io::Result<(Bytes, Md5Sum)> {
-    let mut buf = vec![0u8; len as usize];
+fn read_chunk(file: Arc<File>, at: u64, len: u64, known: Option<Md5Sum>) -> ReadTask {
+    tokio::task::spawn_blocking(move || read_at(&file, at, len, known))
+}
+
+/// `len` bytes at `at`, and their md5: `known` if given (kept from the upload), else digested.
+fn read_at(file: &File, at: u64, len: u64, known: Option<Md5Sum>) -> io::Result<(Bytes, Md5Sum)> {
+    let mut buf = BytesMut::zeroed(len as usize);
     file.read_exact_at(&mut buf, at)?;
-    let md5 = Md5Sum::of(&buf);
-    Ok((Bytes::from(buf), md5))
+    let md5 = known.unwrap_or_else(|| Md5Sum::of(&buf));
+    Ok((buf.freeze(), md5))
 }
 
 fn md5_of(file: &File, len: u64) -> io::Result<Md5Sum> {

@@ -28,6 +28,7 @@ use super::hub::SyncHub;
 use super::staged_upload::StagedUpload;
 use super::state::{STATE_FORMAT, UpdateState, UploadState};
 use super::{accept_hello, close_conn, queue_message, read_high_water};
+use crate::chunk_digests::{ChunkDigests, DigestedVersion};
 use crate::message_reader::{MessageReader, Next};
 use crate::{
     ChunkVerdict, ClientId, FinishVerdict, LeaseKind, Md5Sum, Message, Role, StatusCode, UploadTracker, WireError,
@@ -51,6 +52,10 @@ struct Upload {
     tracker: Option<UploadTracker>,
     written: u64,
     touched: Instant,
+    /// The md5 of every accepted chunk, kept for pushing the file without digesting it again
+    /// ([`crate::chunk_digests`]); `None` once the file cannot be described that way, or for an upload
+    /// resumed after a live upgrade (the digests before it are not handed over).
+    digests: Option<ChunkDigests>,
 }
 
 struct ChunkDone {
@@ -62,7 +67,7 @@ struct ChunkDone {
 /// A reply owed, in message order: known already, or when the disk work is done.
 enum Op {
     Ready(StatusCode),
-    Chunk { name: SafeName, len: u64, task: JoinHandle<ChunkDone> },
+    Chunk { name: SafeName, len: u64, md5: Md5Sum, task: JoinHandle<ChunkDone> },
     Commit { name: SafeName, task: JoinHandle<StatusCode> },
 }
 
@@ -176,7 +181,7 @@ impl UpdateSession {
                 (Ok(Ok(staged)), Some(tracker), Ok(())) => {
                     session.uploads.insert(
                         name.clone(),
-                        Upload { staged, tracker: Some(tracker), written, touched: Instant::now() },
+                        Upload { staged, tracker: Some(tracker), written, touched: Instant::now(), digests: None },
                     );
                     session.report_start(ctx, &name);
                 }
@@ -318,7 +323,9 @@ impl UpdateSession {
     fn complete(&mut self, op: Op, result: Option<OpResult>, conn: &mut Conn, ctx: &SessionCtx) {
         let status = match (op, result) {
             (Op::Ready(status), _) => status,
-            (Op::Chunk { name, len, .. }, Some(OpResult::Chunk(done))) => self.chunk_done(name, len, done, ctx),
+            (Op::Chunk { name, len, md5, .. }, Some(OpResult::Chunk(done))) => {
+                self.chunk_done(name, len, md5, done, ctx)
+            }
             (Op::Commit { name, .. }, Some(OpResult::Commit(done))) => {
                 let status = done.unwrap_or_else(|e| {
                     tracing::error!("sync: commit task failed: {e}");
@@ -340,6 +347,7 @@ impl UpdateSession {
         &mut self,
         name: SafeName,
         len: u64,
+        md5: Md5Sum,
         done: Result<ChunkDone, JoinError>,
         ctx: &SessionCtx,
     ) -> StatusCode {
@@ -353,6 +361,11 @@ impl UpdateSession {
             (ChunkVerdict::Accepted, Ok(())) => {
                 upload.written += len;
                 upload.touched = Instant::now();
+                if let Some(digests) = upload.digests.as_mut()
+                    && !u32::try_from(len).is_ok_and(|len| digests.push(md5, len))
+                {
+                    upload.digests = None;
+                }
                 ctx.registry.add_received(len);
                 if self.reported.as_ref() == Some(&name) {
                     ctx.handle.progress(upload.written);
@@ -466,7 +479,7 @@ impl UpdateSession {
             let write = if verdict == ChunkVerdict::Accepted { staged.write_at(&data, offset) } else { Ok(()) };
             ChunkDone { tracker, verdict, write }
         });
-        self.ops.push_back(Op::Chunk { name, len, task });
+        self.ops.push_back(Op::Chunk { name, len, md5, task });
     }
 
     /// The first chunk (or a Finished alone: an empty file) of a file: lock it and stage it.
@@ -484,8 +497,16 @@ impl UpdateSession {
             }
         };
         let tracker = UploadTracker::new(self.hub.limits().max_file_size);
-        self.uploads
-            .insert(name.clone(), Upload { staged, tracker: Some(tracker), written: 0, touched: Instant::now() });
+        self.uploads.insert(
+            name.clone(),
+            Upload {
+                staged,
+                tracker: Some(tracker),
+                written: 0,
+                touched: Instant::now(),
+                digests: Some(ChunkDigests::new()),
+            },
+        );
         self.report_start(ctx, name);
         Ok(())
     }
@@ -511,6 +532,12 @@ impl UpdateSession {
         let Some(tracker) = upload.tracker else { return };
         match tracker.finish(md5) {
             FinishVerdict::Complete { size, md5 } => {
+                if let Some(digests) = upload.digests {
+                    // Kept before the commit queues the file, so its pushes find them. They describe
+                    // this content, whether or not the commit succeeds.
+                    let version = DigestedVersion { size, md5, chunk_size: digests.chunk_size() };
+                    self.hub.keep_digests(&name, version, digests);
+                }
                 let (hub, client, staged, file) = (self.hub.clone(), client.clone(), upload.staged, name.clone());
                 let task = tokio::task::spawn_blocking(move || hub.commit_upload(&client, &file, &staged, size, md5));
                 self.ops.push_back(Op::Commit { name, task });
