@@ -2,9 +2,15 @@
 //! its md5 and written to a temporary file under `.ferry-sync/tmp/`, then moved into place (after a
 //! conflicted copy of a local edit, if there is one) when Finished's md5 matches. Every message is
 //! answered with one Status, in order.
+//!
+//! A chunk is answered once it is checked; its write lands while the server sends the next one, which
+//! is checked meanwhile, so checking and writing overlap on two threads. At most one write per file is
+//! in flight: the next chunk's answer, and Finished's, wait for it, and a write that failed fails the
+//! file there (File In Use).
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_core::Conn;
 use ferry_files::SafeName;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +36,10 @@ struct Download {
     file: Arc<File>,
     /// Away while a chunk is being checked and written.
     tracker: UploadTracker,
+    /// Bytes accepted (written, or being written by `writing`).
     written: u64,
+    /// The last accepted chunk's write, if it may not have landed yet.
+    writing: Option<JoinHandle<io::Result<()>>>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut conn: Conn, stop: CancellationToken) -> Result<(), String> {
@@ -109,7 +119,14 @@ async fn handle(
         Message::FileChunk { md5, name, data } => Ok(Some(chunk(shared, downloads, md5, name, data).await)),
         Message::Finished { md5, name } => {
             let download = match downloads.remove(&name) {
-                Some(d) => d,
+                Some(mut d) => {
+                    if let Err(e) = landed(d.writing.take()).await {
+                        tracing::warn!("cannot write {name}: {e}");
+                        discard(Some(d));
+                        return Ok(Some(StatusCode::FileInUse));
+                    }
+                    d
+                }
                 // An empty file: Finished alone.
                 None => match start(shared) {
                     Some(d) => d,
@@ -165,22 +182,28 @@ async fn chunk(
         };
     }
     let Some(download) = downloads.remove(&name) else { return StatusCode::FileInUse };
-    let Download { tmp, file, mut tracker, written } = download;
+    let Download { tmp, file, mut tracker, written, writing } = download;
     let len = data.len() as u64;
-    let task_file = file.clone();
-    let done = tokio::task::spawn_blocking(move || {
+    let checked = tokio::task::spawn_blocking(move || {
         let verdict = tracker.chunk(md5, &data);
-        let write = if verdict == ChunkVerdict::Accepted { task_file.write_all_at(&data, written) } else { Ok(()) };
-        (tracker, verdict, write)
-    })
-    .await;
-    let Ok((tracker, verdict, write)) = done else {
-        discard(Some(Download { tmp, file, tracker: UploadTracker::new(0), written }));
+        (tracker, verdict, data)
+    });
+    // The previous chunk's write lands while this one is checked.
+    let previous = landed(writing).await;
+    let Ok((tracker, verdict, data)) = checked.await else {
+        discard(Some(Download { tmp, file, tracker: UploadTracker::new(0), written, writing: None }));
         return StatusCode::FileInUse;
     };
-    let mut download = Download { tmp, file, tracker, written };
-    match (verdict, write) {
-        (ChunkVerdict::Accepted, Ok(())) => {
+    let mut download = Download { tmp, file, tracker, written, writing: None };
+    if let Err(e) = previous {
+        tracing::warn!("cannot write {name}: {e}");
+        discard(Some(download));
+        return StatusCode::FileInUse;
+    }
+    match verdict {
+        ChunkVerdict::Accepted => {
+            let (file, at) = (download.file.clone(), download.written);
+            download.writing = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, at)));
             download.written += len;
             shared.observer.event(SyncEvent::Progress {
                 name: name.clone(),
@@ -191,19 +214,22 @@ async fn chunk(
             downloads.insert(name, download);
             StatusCode::Ok
         }
-        (ChunkVerdict::Accepted, Err(e)) => {
-            tracing::warn!("cannot write {name}: {e}");
-            discard(Some(download));
-            StatusCode::FileInUse
-        }
-        (verdict, _) if verdict.is_abort() => {
+        verdict if verdict.is_abort() => {
             discard(Some(download));
             verdict.status()
         }
-        (verdict, _) => {
+        verdict => {
             downloads.insert(name, download);
             verdict.status()
         }
+    }
+}
+
+/// Waits for a chunk's write, if one is in flight.
+async fn landed(writing: Option<JoinHandle<io::Result<()>>>) -> io::Result<()> {
+    match writing {
+        None => Ok(()),
+        Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(format!("write task failed: {e}")))),
     }
 }
 
@@ -215,6 +241,7 @@ fn start(shared: &Shared) -> Option<Download> {
             file: Arc::new(file),
             tracker: UploadTracker::new(shared.options.limits.max_file_size),
             written: 0,
+            writing: None,
         }),
         Err(e) => {
             tracing::warn!("cannot make a temporary file: {e}");

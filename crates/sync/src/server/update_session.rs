@@ -8,6 +8,11 @@
 //! makes a thousand small files fast) while the reply rule holds. A message for a file whose previous
 //! chunk is still being written waits for it.
 //!
+//! A chunk is answered once it is checked and the file's previous chunk has landed on disk; its own
+//! write lands while the client sends the next chunk, which is checked meanwhile, so checking and
+//! writing overlap on two threads. At most one write per upload is in flight; Finished's commit waits
+//! for it, and a write that failed fails the upload at its next message (File In Use).
+//!
 //! The safe point for a live upgrade is whenever no disk work is in flight: the session stops taking
 //! messages, lets the work in flight land, and parks with each upload's name, staged file, length and
 //! partial md5.
@@ -56,12 +61,19 @@ struct Upload {
     /// ([`crate::chunk_digests`]); `None` once the file cannot be described that way, or for an upload
     /// resumed after a live upgrade (the digests before it are not handed over).
     digests: Option<ChunkDigests>,
+    /// The last accepted chunk's write, if it may not have landed yet.
+    writing: Option<Writing>,
 }
+
+type Writing = JoinHandle<io::Result<()>>;
 
 struct ChunkDone {
     tracker: UploadTracker,
     verdict: ChunkVerdict,
+    /// How the previous chunk's write went.
     write: io::Result<()>,
+    /// This chunk's write, if it was accepted.
+    writing: Option<Writing>,
 }
 
 /// A reply owed, in message order: known already, or when the disk work is done.
@@ -181,7 +193,14 @@ impl UpdateSession {
                 (Ok(Ok(staged)), Some(tracker), Ok(())) => {
                     session.uploads.insert(
                         name.clone(),
-                        Upload { staged, tracker: Some(tracker), written, touched: Instant::now(), digests: None },
+                        Upload {
+                            staged,
+                            tracker: Some(tracker),
+                            written,
+                            touched: Instant::now(),
+                            digests: None,
+                            writing: None,
+                        },
                     );
                     session.report_start(ctx, &name);
                 }
@@ -256,6 +275,7 @@ impl UpdateSession {
             }
             self.settle_finished_ops(conn, ctx).await;
             if pausing && self.ops.is_empty() && self.held.is_none() {
+                self.land_writes(ctx).await;
                 return End::Park;
             }
             let want_read = !pausing && self.held.is_none() && conn.read_buf().len() < high_water;
@@ -357,7 +377,12 @@ impl UpdateSession {
         };
         let Some(upload) = self.uploads.get_mut(&name) else { return StatusCode::FileInUse };
         upload.tracker = Some(done.tracker);
+        upload.writing = done.writing;
         match (done.verdict, done.write) {
+            (_, Err(e)) => {
+                self.drop_upload(&name, ctx, &format!("cannot write: {e}"));
+                StatusCode::FileInUse
+            }
             (ChunkVerdict::Accepted, Ok(())) => {
                 upload.written += len;
                 upload.touched = Instant::now();
@@ -371,10 +396,6 @@ impl UpdateSession {
                     ctx.handle.progress(upload.written);
                 }
                 StatusCode::Ok
-            }
-            (ChunkVerdict::Accepted, Err(e)) => {
-                self.drop_upload(&name, ctx, &format!("cannot write: {e}"));
-                StatusCode::FileInUse
             }
             (verdict, _) if verdict.is_abort() => {
                 self.drop_upload(&name, ctx, verdict.status().description());
@@ -474,10 +495,21 @@ impl UpdateSession {
             return;
         };
         let (staged, offset, len) = (upload.staged.clone(), upload.written, data.len() as u64);
-        let task = tokio::task::spawn_blocking(move || {
-            let verdict = tracker.chunk(md5, &data);
-            let write = if verdict == ChunkVerdict::Accepted { staged.write_at(&data, offset) } else { Ok(()) };
-            ChunkDone { tracker, verdict, write }
+        let previous = upload.writing.take();
+        let task = tokio::spawn(async move {
+            let checked = tokio::task::spawn_blocking(move || {
+                let verdict = tracker.chunk(md5, &data);
+                (tracker, verdict, data)
+            });
+            // The previous chunk's write lands while this one is checked.
+            let write = landed(previous).await;
+            let (tracker, verdict, data) = match checked.await {
+                Ok(checked) => checked,
+                Err(e) => std::panic::resume_unwind(e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string()))),
+            };
+            let writing = (verdict == ChunkVerdict::Accepted && write.is_ok())
+                .then(|| tokio::task::spawn_blocking(move || staged.write_at(&data, offset)));
+            ChunkDone { tracker, verdict, write, writing }
         });
         self.ops.push_back(Op::Chunk { name, len, md5, task });
     }
@@ -505,6 +537,7 @@ impl UpdateSession {
                 written: 0,
                 touched: Instant::now(),
                 digests: Some(ChunkDigests::new()),
+                writing: None,
             },
         );
         self.report_start(ctx, name);
@@ -539,7 +572,20 @@ impl UpdateSession {
                     self.hub.keep_digests(&name, version, digests);
                 }
                 let (hub, client, staged, file) = (self.hub.clone(), client.clone(), upload.staged, name.clone());
-                let task = tokio::task::spawn_blocking(move || hub.commit_upload(&client, &file, &staged, size, md5));
+                let writing = upload.writing;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = landed(writing).await {
+                        tracing::warn!(client = %client, "sync: upload of {file} dropped: cannot write: {e}");
+                        staged.discard();
+                        hub.release(&file, &client);
+                        return StatusCode::FileInUse;
+                    }
+                    let commit = move || hub.commit_upload(&client, &file, &staged, size, md5);
+                    tokio::task::spawn_blocking(commit).await.unwrap_or_else(|e| {
+                        tracing::error!("sync: commit task failed: {e}");
+                        StatusCode::FileInUse
+                    })
+                });
                 self.ops.push_back(Op::Commit { name, task });
             }
             verdict => {
@@ -641,6 +687,19 @@ impl UpdateSession {
         }
     }
 
+    /// Waits for every upload's write in flight (before parking: the parked length must be on disk);
+    /// an upload whose write failed is dropped.
+    async fn land_writes(&mut self, ctx: &SessionCtx) {
+        let writing: Vec<(SafeName, Writing)> =
+            self.uploads.iter_mut().filter_map(|(name, u)| Some((name.clone(), u.writing.take()?))).collect();
+        for (name, task) in writing {
+            if let Err(e) = landed(Some(task)).await {
+                self.drop_upload(&name, ctx, &format!("cannot write: {e}"));
+                self.lose(name);
+            }
+        }
+    }
+
     /// Remembers that `name`'s upload was dropped, so its next chunk is refused rather than taken as
     /// the start of a new file.
     fn lose(&mut self, name: SafeName) {
@@ -715,6 +774,14 @@ impl UpdateSession {
             self.hub.connection_ended(client, Role::Update, self.conn_id);
             tracing::info!(client = %client, "sync: client's update connection closed");
         }
+    }
+}
+
+/// Waits for a chunk's write, if one is in flight.
+async fn landed(writing: Option<Writing>) -> io::Result<()> {
+    match writing {
+        None => Ok(()),
+        Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(format!("write task failed: {e}")))),
     }
 }
 
