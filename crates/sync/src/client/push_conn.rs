@@ -27,6 +27,9 @@ use super::shared::Shared;
 use crate::message_reader::{MessageReader, Next, encode};
 use crate::{ChunkVerdict, FinishVerdict, Md5Sum, Message, StatusCode, UploadTracker};
 
+/// Chunks at least this large are answered before they are written (their write overlaps with the
+/// next chunk); smaller ones are written at once, with no extra thread hand-over.
+const WRITE_BEHIND_FROM: usize = 256 * 1024;
 /// Files the server may be sending at once (it sends one; this bounds a misbehaving one).
 const MAX_DOWNLOADS: usize = 8;
 
@@ -184,26 +187,35 @@ async fn chunk(
     let Some(download) = downloads.remove(&name) else { return StatusCode::FileInUse };
     let Download { tmp, file, mut tracker, written, writing } = download;
     let len = data.len() as u64;
+    // A small chunk (a small file's whole content, mostly) is written at once, on the same thread.
+    let write_now = writing.is_none() && data.len() < WRITE_BEHIND_FROM;
+    let now_file = file.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let verdict = tracker.chunk(md5, &data);
-        (tracker, verdict, data)
+        let write = match verdict {
+            ChunkVerdict::Accepted if write_now => Some(now_file.write_all_at(&data, written)),
+            _ => None,
+        };
+        (tracker, verdict, data, write)
     });
     // The previous chunk's write lands while this one is checked.
     let previous = landed(writing).await;
-    let Ok((tracker, verdict, data)) = checked.await else {
+    let Ok((tracker, verdict, data, written_now)) = checked.await else {
         discard(Some(Download { tmp, file, tracker: UploadTracker::new(0), written, writing: None }));
         return StatusCode::FileInUse;
     };
     let mut download = Download { tmp, file, tracker, written, writing: None };
-    if let Err(e) = previous {
+    if let Err(e) = previous.and(written_now.unwrap_or(Ok(()))) {
         tracing::warn!("cannot write {name}: {e}");
         discard(Some(download));
         return StatusCode::FileInUse;
     }
     match verdict {
         ChunkVerdict::Accepted => {
-            let (file, at) = (download.file.clone(), download.written);
-            download.writing = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, at)));
+            if !write_now {
+                let (file, at) = (download.file.clone(), download.written);
+                download.writing = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, at)));
+            }
             download.written += len;
             shared.observer.event(SyncEvent::Progress {
                 name: name.clone(),

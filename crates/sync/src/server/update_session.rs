@@ -41,6 +41,10 @@ use crate::{
 
 /// Messages whose disk work may be in flight at once on one connection.
 const MAX_OPS: usize = 32;
+/// Chunks at least this large are answered before they are written (their write overlaps with the
+/// next chunk); smaller ones, a small file's whole content mostly, are written at once, with no extra
+/// thread hand-over on a file's way to commit.
+const WRITE_BEHIND_FROM: usize = 256 * 1024;
 /// Files remembered as dropped by the lease timeout (their next chunk is refused).
 const MAX_LOST: usize = 64;
 
@@ -70,7 +74,8 @@ type Writing = JoinHandle<io::Result<()>>;
 struct ChunkDone {
     tracker: UploadTracker,
     verdict: ChunkVerdict,
-    /// How the previous chunk's write went.
+    /// How the write the chunk waited for went: the previous chunk's, or its own when it was written
+    /// at once.
     write: io::Result<()>,
     /// This chunk's write, if it was accepted.
     writing: Option<Writing>,
@@ -496,6 +501,16 @@ impl UpdateSession {
         };
         let (staged, offset, len) = (upload.staged.clone(), upload.written, data.len() as u64);
         let previous = upload.writing.take();
+        if previous.is_none() && data.len() < WRITE_BEHIND_FROM {
+            // A small chunk: written at once, on the same thread, with no hand-over to wait for.
+            let task = tokio::task::spawn_blocking(move || {
+                let verdict = tracker.chunk(md5, &data);
+                let write = if verdict == ChunkVerdict::Accepted { staged.write_at(&data, offset) } else { Ok(()) };
+                ChunkDone { tracker, verdict, write, writing: None }
+            });
+            self.ops.push_back(Op::Chunk { name, len, md5, task });
+            return;
+        }
         let task = tokio::spawn(async move {
             let checked = tokio::task::spawn_blocking(move || {
                 let verdict = tracker.chunk(md5, &data);
@@ -572,20 +587,22 @@ impl UpdateSession {
                     self.hub.keep_digests(&name, version, digests);
                 }
                 let (hub, client, staged, file) = (self.hub.clone(), client.clone(), upload.staged, name.clone());
-                let writing = upload.writing;
-                let task = tokio::spawn(async move {
-                    if let Err(e) = landed(writing).await {
-                        tracing::warn!(client = %client, "sync: upload of {file} dropped: cannot write: {e}");
-                        staged.discard();
-                        hub.release(&file, &client);
-                        return StatusCode::FileInUse;
-                    }
-                    let commit = move || hub.commit_upload(&client, &file, &staged, size, md5);
-                    tokio::task::spawn_blocking(commit).await.unwrap_or_else(|e| {
-                        tracing::error!("sync: commit task failed: {e}");
-                        StatusCode::FileInUse
-                    })
-                });
+                let task = match upload.writing {
+                    None => tokio::task::spawn_blocking(move || hub.commit_upload(&client, &file, &staged, size, md5)),
+                    Some(writing) => tokio::spawn(async move {
+                        if let Err(e) = landed(Some(writing)).await {
+                            tracing::warn!(client = %client, "sync: upload of {file} dropped: cannot write: {e}");
+                            staged.discard();
+                            hub.release(&file, &client);
+                            return StatusCode::FileInUse;
+                        }
+                        let commit = move || hub.commit_upload(&client, &file, &staged, size, md5);
+                        tokio::task::spawn_blocking(commit).await.unwrap_or_else(|e| {
+                            tracing::error!("sync: commit task failed: {e}");
+                            StatusCode::FileInUse
+                        })
+                    }),
+                };
                 self.ops.push_back(Op::Commit { name, task });
             }
             verdict => {
