@@ -502,7 +502,7 @@ fn start(hub: &SyncHub, name: &SafeName) -> Started {
     let mtime = mtime_ns(&meta);
     let mut digests = None;
     let md5 = if meta.len() == size && mtime == entry.mtime_ns {
-        let chunk_size = u32::try_from(hub.limits().max_chunk_size).unwrap_or(u32::MAX);
+        let chunk_size = hub.limits().max_chunk_size;
         digests = hub.digests(name, DigestedVersion { size, md5, chunk_size });
         md5
     } else {
