@@ -41,6 +41,15 @@ pub struct LocalEntry {
 /// The client's metadata: every file it knows, by name.
 pub type LocalMetadata = BTreeMap<SafeName, LocalEntry>;
 
+impl LocalFile {
+    /// Recorded before it was digested (md5 all zeros): a large new file whose upload digests it
+    /// (`Shared::refresh` in the client). It counts as a local change until the upload's md5 replaces
+    /// the zeros; a reconnect digests it first.
+    pub fn is_undigested(&self) -> bool {
+        self.md5 == Md5Sum::ZERO
+    }
+}
+
 impl LocalEntry {
     /// A file created here that the server has not seen yet.
     pub fn new_local(file: LocalFile) -> LocalEntry {

@@ -24,8 +24,14 @@ use super::options::SyncOptions;
 use super::state_file::StateFiles;
 use crate::chunk_digests::{ChunkDigests, DigestCache, DigestedVersion};
 use crate::reconcile::{Action, reconcile};
-use crate::{ClientId, LocalEntry, LocalMetadata, Md5Sum, Metadata, StatusCode, Synced, conflicted_copy_name};
+use crate::{
+    ClientId, LocalEntry, LocalFile, LocalMetadata, Md5Sum, Metadata, StatusCode, Synced, conflicted_copy_name,
+};
 
+/// New files at least this large are uploaded before they are digested (their upload digests them;
+/// [`Shared::refresh`]). Below it a digest costs less than a millisecond or so, and the file is digested
+/// first as any other.
+pub(crate) const UPLOAD_UNDIGESTED_FROM: u64 = 4 << 20;
 /// Attempts at an upload or delete the server refused before the client waits for the next change or
 /// connect.
 const MAX_RETRIES: u32 = 5;
@@ -119,27 +125,35 @@ impl Shared {
 
     /// Looks at `name` on disk again and records what is there. With `mark`, a change the server lacks
     /// (an edit, a new file, a delete) is queued for the update connection. Blocking.
+    ///
+    /// A new file of [`UPLOAD_UNDIGESTED_FROM`] bytes or more, noticed by the watcher, is recorded
+    /// undigested ([`LocalFile::is_undigested`]) and queued at once: it goes to the server whatever its
+    /// md5, and its upload digests it as it reads it, instead of a whole pass over the file before the
+    /// first byte is sent. The upload's md5 is recorded when the server commits it
+    /// ([`Shared::upload_done`]); if the upload does not happen, the next look at the file digests it.
     pub fn refresh(&self, name: &SafeName, mark: bool) {
-        let before = self.lock().metadata.get(name).and_then(|e| e.current);
+        let (known, before, busy) = {
+            let inner = self.lock();
+            let entry = inner.metadata.get(name);
+            (entry.is_some(), entry.and_then(|e| e.current), inner.busy.contains(name))
+        };
         let now = match self.folder.stat(name) {
             Ok(None) => None,
             Ok(Some(meta)) => {
-                if before.is_some_and(|b| b.size == meta.len() && b.mtime_ns == mtime_ns(&meta)) {
+                let same = before.is_some_and(|b| b.size == meta.len() && b.mtime_ns == mtime_ns(&meta));
+                // An undigested record is left alone only while its upload (which digests it) runs.
+                if same && (before.is_some_and(|b| !b.is_undigested()) || busy) {
                     return;
                 }
-                match self.folder.digest_chunks(name, self.options.chunk_size) {
-                    Ok(Some((file, chunks))) => {
-                        if let Some(chunks) = chunks {
-                            let version =
-                                DigestedVersion { size: file.size, md5: file.md5, chunk_size: self.options.chunk_size };
-                            self.digest_cache().insert(name, version, chunks);
+                if mark && !known && meta.len() >= UPLOAD_UNDIGESTED_FROM {
+                    Some(LocalFile { size: meta.len(), mtime_ns: mtime_ns(&meta), md5: Md5Sum::ZERO })
+                } else {
+                    match self.digest(name) {
+                        Ok(file) => file,
+                        Err(e) => {
+                            tracing::warn!("cannot read {name}: {e}");
+                            return;
                         }
-                        Some(file)
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!("cannot read {name}: {e}");
-                        return;
                     }
                 }
             }
@@ -172,6 +186,17 @@ impl Shared {
             inner.dirty.insert(name.clone());
             inner.retries.remove(name);
         }
+    }
+
+    /// Digests `name` (`None`: not a regular file), keeping its chunk digests for its upload.
+    fn digest(&self, name: &SafeName) -> std::io::Result<Option<LocalFile>> {
+        let chunk_size = self.options.chunk_size;
+        let Some((file, chunks)) = self.folder.digest_chunks(name, chunk_size)? else { return Ok(None) };
+        if let Some(chunks) = chunks {
+            let version = DigestedVersion { size: file.size, md5: file.md5, chunk_size };
+            self.digest_cache().insert(name, version, chunks);
+        }
+        Ok(Some(file))
     }
 
     /// Refreshes what a watcher event at `path` may have changed: the file, or every file under a
@@ -240,12 +265,20 @@ impl Shared {
         }
     }
 
-    /// The server committed the upload of `name`, whose content had md5 `md5`.
-    pub fn upload_done(&self, name: &SafeName, md5: Md5Sum, size: u64) {
+    /// The server committed the upload of `name`, whose content had md5 `md5`; the upload read the
+    /// version of `size` bytes and mtime `mtime_ns`. An undigested record of that version gets the md5.
+    pub fn upload_done(&self, name: &SafeName, md5: Md5Sum, size: u64, mtime_ns: i64) {
         let mut inner = self.lock();
         inner.busy.remove(name);
         inner.retries.remove(name);
         let mut entry = inner.metadata.get(name).copied().unwrap_or(LocalEntry { current: None, synced: None });
+        if let Some(file) = entry.current.as_mut()
+            && file.is_undigested()
+            && file.size == size
+            && file.mtime_ns == mtime_ns
+        {
+            file.md5 = md5;
+        }
         entry.synced = Some(Synced { md5, version: None });
         inner.metadata.insert(name.clone(), entry);
         inner.unsaved = true;
@@ -556,10 +589,49 @@ mod tests {
         s.refresh(&n("f"), true);
         assert_eq!(s.take_job(), Some(Job::Upload { name: n("f") }));
         assert_eq!(s.take_job(), None, "busy while it uploads");
-        s.upload_done(&n("f"), Md5Sum::of(b"hello"), 5);
+        s.upload_done(&n("f"), Md5Sum::of(b"hello"), 5, 0);
         s.refresh(&n("f"), true);
         assert_eq!(s.take_job(), None, "nothing changed since");
         assert!(!s.lock().metadata[&n("f")].is_modified());
+    }
+
+    #[test]
+    fn a_large_new_file_is_uploaded_before_it_is_digested() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let data: Vec<u8> = (0..UPLOAD_UNDIGESTED_FROM as usize + 3).map(|i| (i * 7) as u8).collect();
+        let path = dir.path().join("big");
+        std::fs::write(&path, &data).unwrap();
+        let mtime = mtime_ns(&std::fs::metadata(&path).unwrap());
+        s.refresh(&n("big"), true);
+        let recorded = s.lock().metadata[&n("big")].current.unwrap();
+        assert!(recorded.is_undigested(), "recorded without a digest");
+        assert_eq!(s.take_job(), Some(Job::Upload { name: n("big") }));
+        // Watcher events while it uploads leave it alone: the upload digests it.
+        s.refresh(&n("big"), true);
+        assert!(s.lock().metadata[&n("big")].current.unwrap().is_undigested());
+        s.upload_done(&n("big"), Md5Sum::of(&data), data.len() as u64, mtime);
+        let entry = s.lock().metadata[&n("big")];
+        assert_eq!(entry.current.unwrap().md5, Md5Sum::of(&data), "the upload's md5 is recorded");
+        assert!(!entry.is_modified());
+        assert_eq!(s.take_job(), None);
+    }
+
+    #[test]
+    fn an_undigested_file_not_uploading_is_digested_at_the_next_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = shared(dir.path());
+        let data = vec![5u8; UPLOAD_UNDIGESTED_FROM as usize];
+        std::fs::write(dir.path().join("big"), &data).unwrap();
+        s.refresh(&n("big"), true);
+        assert_eq!(s.take_job(), Some(Job::Upload { name: n("big") }));
+        // The session ends before the upload is committed: a reconnect's rescan digests the file.
+        s.session_ended();
+        s.rescan(false);
+        assert_eq!(s.lock().metadata[&n("big")].current.unwrap().md5, Md5Sum::of(&data));
+        // An upload that read another version does not touch the record.
+        s.upload_done(&n("big"), Md5Sum::of(b"other"), 5, 0);
+        assert_eq!(s.lock().metadata[&n("big")].current.unwrap().md5, Md5Sum::of(&data));
     }
 
     #[test]
@@ -611,7 +683,7 @@ mod tests {
         assert_eq!(s.apply_delete(&n("kept")), StatusCode::Ok);
         assert_eq!(std::fs::read(dir.path().join("kept")).unwrap(), b"edited");
         assert_eq!(s.take_job(), Some(Job::Upload { name: n("kept") }));
-        s.upload_done(&n("kept"), Md5Sum::of(b"edited"), 6);
+        s.upload_done(&n("kept"), Md5Sum::of(b"edited"), 6, 0);
         // Deleted here: a Delete File for the version the server has.
         std::fs::remove_file(dir.path().join("kept")).unwrap();
         s.refresh(&n("kept"), true);
@@ -635,7 +707,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = shared(dir.path());
         synced(&s, "both", b"v1");
-        s.upload_done(&n("both"), Md5Sum::of(b"v1"), 2);
+        s.upload_done(&n("both"), Md5Sum::of(b"v1"), 2, 0);
         edit(&dir.path().join("both"), b"mine");
         std::fs::write(dir.path().join("only-here"), b"new").unwrap();
         s.rescan(false);

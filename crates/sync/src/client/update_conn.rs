@@ -57,6 +57,8 @@ struct Chunk {
 struct Upload {
     file: Arc<File>,
     size: u64,
+    /// The mtime of the version opened.
+    mtime_ns: i64,
     /// The file as the client last digested it, when the file opened is still that version: its
     /// chunks then need no whole-file digest, only a check before Finished that the file did not
     /// change meanwhile.
@@ -220,7 +222,8 @@ impl Driver {
             Expect::Finished(name) => {
                 let Some(upload) = self.remove_upload(&name) else { return };
                 if code == StatusCode::Ok {
-                    self.shared.upload_done(&name, upload.whole.unwrap_or(Md5Sum::EMPTY), upload.size);
+                    let md5 = upload.whole.unwrap_or(Md5Sum::EMPTY);
+                    self.shared.upload_done(&name, md5, upload.size, upload.mtime_ns);
                 } else {
                     self.shared_failed(name, code);
                 }
@@ -299,11 +302,9 @@ impl Driver {
                         }
                     };
                     let current = self.shared.lock().metadata.get(&name).and_then(|e| e.current);
-                    let known = current.filter(|f| f.size == size && f.mtime_ns == mtime).map(|f| Known {
-                        md5: f.md5,
-                        size,
-                        mtime_ns: mtime,
-                    });
+                    let known = current
+                        .filter(|f| f.size == size && f.mtime_ns == mtime && !f.is_undigested())
+                        .map(|f| Known { md5: f.md5, size, mtime_ns: mtime });
                     let chunk_size = self.shared.options.chunk_size;
                     let digests = known.and_then(|k| {
                         self.shared.chunk_digests(&name, DigestedVersion { size, md5: k.md5, chunk_size })
@@ -311,6 +312,7 @@ impl Driver {
                     let mut upload = Upload {
                         file: Arc::new(file),
                         size,
+                        mtime_ns: mtime,
                         known,
                         digests,
                         read_to: 0,
