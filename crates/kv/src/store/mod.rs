@@ -111,6 +111,30 @@ pub struct Item {
     pub token_sent: bool,
 }
 
+/// A live item seen in place by [`Store::get_with`], under its shard's lock.
+pub struct ItemView<'a> {
+    entry: &'a Entry,
+}
+
+impl ItemView<'_> {
+    pub fn flags(&self) -> u32 {
+        self.entry.flags
+    }
+
+    pub fn cas(&self) -> u64 {
+        self.entry.cas
+    }
+
+    pub fn value(&self) -> &[u8] {
+        self.entry.value()
+    }
+
+    /// The value as a `Bytes` that shares the item's memory (to copy a large value outside the lock).
+    pub fn share_value(&self) -> Bytes {
+        self.entry.item().value
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Set,
@@ -591,14 +615,21 @@ impl Store {
     }
 
     pub fn get(&self, key: &[u8], now: u64) -> Option<Item> {
+        self.get_with(key, now, |view| view.entry.item())
+    }
+
+    /// A get that hands `f` a view of the live item under `key`, with the shard locked, instead of a copy:
+    /// no allocation and no reference count traffic per hit, for callers that copy the value out anyway
+    /// (`get` replies). `f` should be short: it holds up every key of the shard.
+    pub fn get_with<R>(&self, key: &[u8], now: u64, f: impl FnOnce(ItemView<'_>) -> R) -> Option<R> {
         let inner = &*self.inner;
         let mut shard = lock(&inner.shards[shard_of(key)]);
-        // One lookup on the hot path: a live item is cloned out at once; only
-        // a dead one (rare) pays a second lookup to be reclaimed.
+        // One lookup on the hot path: a live item is seen at once; only a dead one (rare) pays a second
+        // lookup to be reclaimed.
         match shard.set.get(key) {
             Some(e) if inner.is_live(e, now) => {
                 e.set_bit(FETCHED | REFERENCED, true);
-                return Some(e.item());
+                return Some(f(ItemView { entry: e }));
             }
             Some(_) => {}
             None => return None,
