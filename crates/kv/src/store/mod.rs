@@ -264,9 +264,18 @@ impl PartialEq for Entry {
 }
 impl Eq for Entry {}
 
+/// The index's hasher: foldhash with a random seed per table, not std's SipHash. Every get hashes its key
+/// and every set four times (SipHash took 1.4 % of the server's CPU in a 90 % get load). The random seed
+/// keeps clients from choosing colliding keys in advance; as foldhash's documentation says, it is no
+/// defence against an attacker who learns the seed by timing the replies.
+type KeyHasher = foldhash::fast::RandomState;
+
+/// One shard's items, looked up by key.
+type Index = HashSet<Entry, KeyHasher>;
+
 #[derive(Default)]
 struct Shard {
-    set: HashSet<Entry>,
+    set: Index,
     /// CLOCK ring (memory mode): (key, cas); an element whose cas no longer matches is stale and skipped.
     ring: VecDeque<(Box<[u8]>, u64)>,
     /// Memory charged and live log bytes of this shard's items (also summed in `Inner`).
@@ -764,7 +773,7 @@ impl Store {
             inner.flush_at.store(at, Relaxed);
             return Ok(());
         }
-        let dropped: Vec<HashSet<Entry>> = guards.iter_mut().map(|g| inner.clear_shard(g)).collect();
+        let dropped: Vec<Index> = guards.iter_mut().map(|g| inner.clear_shard(g)).collect();
         inner.flush_at.store(0, Relaxed);
         drop(guards);
         drop(dropped);
@@ -798,7 +807,7 @@ impl Store {
 
 impl Inner {
     /// Empties a shard (under its lock); returns the old set, to be dropped after unlocking.
-    fn clear_shard(&self, shard: &mut Shard) -> HashSet<Entry> {
+    fn clear_shard(&self, shard: &mut Shard) -> Index {
         let set = std::mem::take(&mut shard.set);
         shard.ring = VecDeque::new();
         self.mem_used.fetch_sub(shard.mem, Relaxed);
