@@ -207,7 +207,7 @@ impl Client {
         self.out.clear();
         let mut next = 0;
         while next < self.expect.len() {
-            match self.take_reply(self.expect[next])? {
+            match take_reply(&mut self.inbuf, self.expect[next])? {
                 true => next += 1,
                 false => {
                     ensure!(self.inbuf.len() < 8 << 20, "reply larger than 8 MiB");
@@ -220,33 +220,64 @@ impl Client {
         self.expect.clear();
         Ok(())
     }
+}
 
-    /// Consumes one complete reply from the input buffer; `false` if it has not all arrived.
-    fn take_reply(&mut self, expect: Expect) -> Result<bool> {
-        let Some(nl) = self.inbuf.iter().position(|&b| b == b'\n') else { return Ok(false) };
-        let line = &self.inbuf[..nl + 1];
-        match expect {
-            Expect::Stored => {
-                ensure!(line == b"STORED\r\n", "set: unexpected reply {:?}", String::from_utf8_lossy(line));
-                self.inbuf.advance(nl + 1);
-            }
-            Expect::Hit => {
-                ensure!(line != b"END\r\n", "get: a miss (every key was set first)");
-                ensure!(line.starts_with(b"VALUE "), "get: unexpected reply {:?}", String::from_utf8_lossy(line));
-                let len: usize = std::str::from_utf8(&line[..nl - 1])?
-                    .rsplit(' ')
-                    .next()
-                    .context("VALUE line without a length")?
-                    .parse()
-                    .context("VALUE line: bad length")?;
-                let total = nl + 1 + len + 2 + b"END\r\n".len();
-                if self.inbuf.len() < total {
-                    return Ok(false);
-                }
-                ensure!(&self.inbuf[total - 5..total] == b"END\r\n", "get: no END after the value");
-                self.inbuf.advance(total);
-            }
+/// Consumes one complete reply from the front of `inbuf` and checks it; `false` if it has not all arrived.
+fn take_reply(inbuf: &mut BytesMut, expect: Expect) -> Result<bool> {
+    let Some(nl) = inbuf.iter().position(|&b| b == b'\n') else { return Ok(false) };
+    let line = &inbuf[..nl + 1];
+    match expect {
+        Expect::Stored => {
+            ensure!(line == b"STORED\r\n", "set: unexpected reply {:?}", String::from_utf8_lossy(line));
+            inbuf.advance(nl + 1);
         }
-        Ok(true)
+        Expect::Hit => {
+            ensure!(line != b"END\r\n", "get: a miss (every key was set first)");
+            ensure!(
+                line.starts_with(b"VALUE ") && nl >= 1,
+                "get: unexpected reply {:?}",
+                String::from_utf8_lossy(line)
+            );
+            let len: usize = std::str::from_utf8(&line[..nl - 1])?
+                .rsplit(' ')
+                .next()
+                .context("VALUE line without a length")?
+                .parse()
+                .context("VALUE line: bad length")?;
+            ensure!(len <= MAX_VALUE, "get: value of {len} bytes, more than any set");
+            let total = nl + 1 + len + 2 + b"END\r\n".len();
+            if inbuf.len() < total {
+                return Ok(false);
+            }
+            ensure!(&inbuf[total - 5..total] == b"END\r\n", "get: no END after the value");
+            inbuf.advance(total);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn replies_are_taken_whole_and_checked() {
+        let mut buf = BytesMut::from(&b"STORED\r\nVALUE kkkk000000000001 0 3\r\nabc\r\nEND\r\nVALUE k 0 3\r\nab"[..]);
+        assert!(take_reply(&mut buf, Expect::Stored).unwrap());
+        assert!(take_reply(&mut buf, Expect::Hit).unwrap());
+        assert!(!take_reply(&mut buf, Expect::Hit).unwrap(), "the value has not all arrived");
+        buf.extend_from_slice(b"c\r\nEND\r\n");
+        assert!(take_reply(&mut buf, Expect::Hit).unwrap());
+        assert!(buf.is_empty());
+        assert!(!take_reply(&mut buf, Expect::Stored).unwrap());
+    }
+
+    #[test]
+    fn misses_and_errors_fail_the_run() {
+        assert!(take_reply(&mut BytesMut::from(&b"END\r\n"[..]), Expect::Hit).is_err());
+        assert!(take_reply(&mut BytesMut::from(&b"SERVER_ERROR out of memory\r\n"[..]), Expect::Stored).is_err());
+        assert!(take_reply(&mut BytesMut::from(&b"VALUE k 0 1\r\nx\r\nEXD\r\n"[..]), Expect::Hit).is_err());
+        assert!(take_reply(&mut BytesMut::from(&b"VALUE k 0 zz\r\n"[..]), Expect::Hit).is_err());
     }
 }
