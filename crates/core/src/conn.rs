@@ -270,8 +270,8 @@ impl Conn {
         if self.out_len == 0 {
             return Ok(0);
         }
-        let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-        let n = self.stream.write_vectored(&slices).await?;
+        let (slices, count) = out_slices(&self.out);
+        let n = self.stream.write_vectored(&slices[..count]).await?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
         }
