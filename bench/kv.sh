@@ -30,6 +30,10 @@
 #      multiget   --division=DIVISION: gets of DIVISION keys in one request
 #                 (memcaslap's only form of batching; it counts every key as
 #                 one op, sets stay single)
+#      pipelined  ferry-kvload (bench/kvload), the same mix and sizes with one
+#                 key per get, DEPTH requests in flight per connection (sent
+#                 in one write, then all replies read and checked), over a
+#                 key space of PIPE_KEYS keys it sets on every server first
 #    An untimed warm-up round (WARMUP per run) comes first. Then every round
 #    runs every server once per variant; the order rotates from round to
 #    round and variant to variant, so noise from the shared machine hits all
@@ -48,6 +52,8 @@
 #   THREADS      memcaslap --threads (default 2)
 #   DIVISION     keys per get in the multiget variant (default 16)
 #   WIN_SIZE     memcaslap --win_size in the throughput runs (default 10k)
+#   DEPTH        requests in flight per connection in the pipelined variant (default 16)
+#   PIPE_KEYS    key space of the pipelined variant (default 100000; --quick 20000)
 #   BENCH_DIR    where the scratch directory is created (default ${TMPDIR:-/tmp})
 #   PROFILE      if set to a directory: after the rounds, one more run of each
 #                variant against ferry-os and ferry-fsync under
@@ -73,16 +79,20 @@ for arg in "$@"; do
 done
 if ((QUICK)); then
     ITEMS=${ITEMS:-100000} ROUNDS=${ROUNDS:-1} DURATION=${DURATION:-3s} WARMUP=${WARMUP:-1s}
+    PIPE_KEYS=${PIPE_KEYS:-20000}
 else
     ITEMS=${ITEMS:-1000000} ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-10s} WARMUP=${WARMUP:-3s}
+    PIPE_KEYS=${PIPE_KEYS:-100000}
 fi
 CONCURRENCY=${CONCURRENCY:-32}
 THREADS=${THREADS:-2}
 DIVISION=${DIVISION:-16}
 WIN_SIZE=${WIN_SIZE:-10k}
+DEPTH=${DEPTH:-16}
 PROFILE=${PROFILE:-}
 
 FERRY=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry
+KVLOAD=${CARGO_TARGET_DIR:-$ROOT/target}/release/ferry-kvload
 
 # --- tools, arguments ----------------------------------------------------------
 
@@ -90,7 +100,7 @@ for tool in cargo memcached memcaslap awk sed sort git nproc uname timeout; do
     command -v "$tool" >/dev/null || die "needs $tool (memcached and memcaslap: apt-get install memcached libmemcached-tools)"
 done
 [[ -z $PROFILE ]] || command -v perf >/dev/null || die "PROFILE needs perf"
-for v in ITEMS ROUNDS CONCURRENCY THREADS DIVISION; do
+for v in ITEMS ROUNDS CONCURRENCY THREADS DIVISION DEPTH PIPE_KEYS; do
     [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} > 0)) || die "bad $v: ${!v}"
 done
 for v in DURATION WARMUP; do
@@ -102,9 +112,10 @@ TICK=$(getconf CLK_TCK)
 
 # --- build ---------------------------------------------------------------------
 
-note "building: cargo build --release -p ferry-cli"
-(cd "$ROOT" && cargo build --release -p ferry-cli --quiet) || die "build failed"
+note "building: cargo build --release -p ferry-cli -p ferry-kvload"
+(cd "$ROOT" && cargo build --release -p ferry-cli -p ferry-kvload --quiet) || die "build failed"
 [[ -x $FERRY ]] || die "no binary at $FERRY"
+[[ -x $KVLOAD ]] || die "no binary at $KVLOAD"
 
 # --- scratch directory, servers, cleanup -----------------------------------------
 
@@ -114,7 +125,9 @@ WORK=$(mktemp -d "$PARENT/ferry-kvbench.XXXXXX")
 # The servers run a copy taken right after the build, so that a concurrent
 # rebuild of target/ cannot change what runs (or what perf resolves against).
 cp "$FERRY" "$WORK/ferry" || { rm -rf "$WORK"; die "cannot copy $FERRY"; }
+cp "$KVLOAD" "$WORK/ferry-kvload" || { rm -rf "$WORK"; die "cannot copy $KVLOAD"; }
 FERRY=$WORK/ferry
+KVLOAD=$WORK/ferry-kvload
 
 SERVERS=(memcached ferry-os ferry-fsync ferry-memory)
 declare -A PID PORT
@@ -234,6 +247,21 @@ slap() {
     ((misses == 0)) || { cat "$WORK/last.out" >&2; die "memcaslap against $s: $misses get misses"; }
     alive "$s"
 }
+# Runs ferry-kvload against server $1 with the remaining arguments; output
+# and failure handling as slap (it prints memcaslap's summary line, and it
+# fails on a miss or any unexpected reply itself).
+pipe() {
+    local s=$1
+    shift
+    alive "$s"
+    timeout 3600 "$KVLOAD" --server "127.0.0.1:${PORT[$s]}" --threads "$THREADS" --connections "$CONCURRENCY" \
+        --depth "$DEPTH" --keys "$PIPE_KEYS" --key-size 16 --value-size 100 --get-ratio 0.9 "$@" >"$WORK/last.out" 2>&1 ||
+        { cat "$WORK/last.out" >&2; die "ferry-kvload against $s failed"; }
+    cat "$WORK/last.out" >>"$WORK/memcaslap.log"
+    alive "$s"
+}
+# memcaslap's --time (e.g. 10s, 2m) in seconds.
+seconds() { local n=${1%[smh]}; case $1 in *m) echo $((n * 60)) ;; *h) echo $((n * 3600)) ;; *) echo "$n" ;; esac; }
 # ops/s of the last memcaslap run (its final "TPS:").
 last_tps() { sed -n 's/^Run time: .* TPS: \([0-9]*\) .*/\1/p' "$WORK/last.out" | tail -1; }
 last_ops() { sed -n 's/^Run time: .* Ops: \([0-9]*\) .*/\1/p' "$WORK/last.out" | tail -1; }
@@ -251,7 +279,7 @@ echo "  machine    $(nproc) CPUs, ${CPU:-unknown CPU}, kernel $(uname -r), $(awk
 echo "  ferry      $COMMIT$DIRTY"
 echo "  memcached  $(memcached -V 2>&1 | head -1)"
 echo "  memcaslap  $(memcaslap -V 2>&1 | head -1)"
-echo "  load       $ITEMS items; throughput: $ROUNDS round(s) of $DURATION runs, $CONCURRENCY connections, $THREADS client threads, window $WIN_SIZE, multiget $DIVISION keys"
+echo "  load       $ITEMS items; throughput: $ROUNDS round(s) of $DURATION runs, $CONCURRENCY connections, $THREADS client threads, window $WIN_SIZE, multiget $DIVISION keys, pipeline depth $DEPTH over $PIPE_KEYS keys"
 echo "  scratch    $WORK"
 echo "  load avg   $(cut -d' ' -f1-3 /proc/loadavg) (start)"
 echo
@@ -289,12 +317,20 @@ echo
 
 # --- 2. throughput ---------------------------------------------------------------
 
-VARIANTS=(single multiget)
+# The pipelined variant's key space, set on every server (not timed).
+for s in "${SERVERS[@]}"; do
+    note "setting the $PIPE_KEYS keys of the pipelined variant in $s"
+    pipe "$s" --load --duration 0.01
+done
+
+VARIANTS=(single multiget pipelined)
 declare -A TPS CPUOP
 run_variant() { # $1 server, $2 variant, $3 duration
-    local div=1
-    [[ $2 == single ]] || div=$DIVISION
-    slap "$1" -F "$WORK/mixed.cfg" --win_size="$WIN_SIZE" --division="$div" --time="$3"
+    case $2 in
+        single) slap "$1" -F "$WORK/mixed.cfg" --win_size="$WIN_SIZE" --division=1 --time="$3" ;;
+        multiget) slap "$1" -F "$WORK/mixed.cfg" --win_size="$WIN_SIZE" --division="$DIVISION" --time="$3" ;;
+        pipelined) pipe "$1" --duration "$(seconds "$3")" ;;
+    esac
 }
 n=${#SERVERS[@]}
 for ((r = 0; r <= ROUNDS; r++)); do
@@ -353,12 +389,16 @@ target_of() {
     esac
 }
 
-echo "Throughput: memcaslap, 90% get / 10% set, 16-byte keys, 100-byte values, $CONCURRENCY connections, $DURATION per run; median of $ROUNDS round(s)"
+echo "Throughput: 90% get / 10% set, 16-byte keys, 100-byte values, $CONCURRENCY connections, $DURATION per run; median of $ROUNDS round(s)"
 for var in "${VARIANTS[@]}"; do
     declare -A MED=()
     for s in "${SERVERS[@]}"; do MED[$s]=$(series TPS "$s,$var" | median); done
     echo
-    if [[ $var == single ]]; then echo "single (--division=1)"; else echo "multiget (--division=$DIVISION)"; fi
+    case $var in
+        single) echo "single (memcaslap --division=1)" ;;
+        multiget) echo "multiget (memcaslap --division=$DIVISION)" ;;
+        pipelined) echo "pipelined (ferry-kvload --depth=$DEPTH: $DEPTH requests in flight per connection, one key per get)" ;;
+    esac
     echo
     echo "| server | median ops/s | each round (ops/s) | server CPU µs/op (median) | ferry / memcached: of medians | each round | median of rounds | target |"
     echo "|---|---:|---|---:|---:|---|---:|---|"

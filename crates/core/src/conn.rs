@@ -9,10 +9,11 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::Interest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Smallest and largest room made in the read buffer for one read. The
@@ -136,62 +137,67 @@ impl Conn {
     /// borrow of the connection serves both directions, so a session's
     /// `select!` can also wait on file I/O and the pause signal.
     /// Cancel-safe. `want_read` false with no output waits forever.
+    ///
+    /// Both directions go through tokio's `poll_*` methods rather than
+    /// `ready()` + `try_*`: after a short read (or write) those clear the
+    /// cached readiness, because on an edge-triggered epoll a short read
+    /// proves the socket drained. A request–reply session otherwise pays,
+    /// per request, one more `recvfrom` that can only return EAGAIN (the
+    /// write of the reply finds the read readiness of the request still
+    /// set). A peer close is not lost by this: tokio never clears the
+    /// read-closed state, so the next poll reads the 0 that reports it.
     pub async fn pump(&mut self, want_read: bool) -> io::Result<IoEvent> {
-        let want_write = self.out_len > 0;
-        let interest = match (want_read, want_write) {
-            (true, true) => Interest::READABLE | Interest::WRITABLE,
-            (true, false) => Interest::READABLE,
-            (false, true) => Interest::WRITABLE,
-            (false, false) => return std::future::pending().await,
-        };
-        loop {
-            let ready = self.stream.ready(interest).await?;
-            let mut event = IoEvent::default();
-            if want_write && ready.is_writable() {
-                event.wrote = self.try_write_queued()?.unwrap_or(0);
-            }
-            if want_read && (ready.is_readable() || ready.is_read_closed()) {
-                event.read = self.try_read_buffered()?;
-            }
-            if event.read.is_some() || event.wrote > 0 {
-                return Ok(event);
+        if !want_read && self.out_len == 0 {
+            return std::future::pending().await;
+        }
+        std::future::poll_fn(|cx| self.poll_pump(cx, want_read)).await
+    }
+
+    /// One step of [`Conn::pump`]: `Pending` (with this task registered
+    /// for every direction it wants) until a write or a read happened.
+    fn poll_pump(&mut self, cx: &mut Context<'_>, want_read: bool) -> Poll<io::Result<IoEvent>> {
+        let mut event = IoEvent::default();
+        if self.out_len > 0 {
+            let (slices, count) = out_slices(&self.out);
+            match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.advance_out(n);
+                    event.wrote = n;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
             }
         }
+        if want_read {
+            let room = self.reserve_read_room()?;
+            let mut limited = (&mut self.read_buf).limit(room);
+            // `read_buf`'s future is one `poll_read` into the buffer's spare
+            // room: polled once and dropped, it has read either nothing or
+            // `n` bytes that are in the buffer.
+            let read = std::pin::pin!(self.stream.read_buf(&mut limited));
+            match read.poll(cx) {
+                Poll::Ready(Ok(n)) => {
+                    self.adapt_read_room(n, room);
+                    event.read = Some(n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        if event.read.is_some() || event.wrote > 0 { Poll::Ready(Ok(event)) } else { Poll::Pending }
     }
 
     /// One non-blocking vectored write of queued output; `None` if the
     /// socket would block.
     fn try_write_queued(&mut self) -> io::Result<Option<usize>> {
-        // On the stack: this runs once per reply on busy connections.
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut count = 0;
-        for (slot, chunk) in slices.iter_mut().zip(self.out.iter()) {
-            *slot = IoSlice::new(chunk);
-            count += 1;
-        }
+        let (slices, count) = out_slices(&self.out);
         match self.stream.try_write_vectored(&slices[..count]) {
             Ok(0) => Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
             Ok(n) => {
                 self.advance_out(n);
-                Ok(Some(n))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// One non-blocking read into the read buffer, within its bound;
-    /// `None` if the socket would block.
-    fn try_read_buffered(&mut self) -> io::Result<Option<usize>> {
-        let room = self.reserve_read_room()?;
-        let mut limited = (&mut self.read_buf).limit(room);
-        match self.stream.try_read_buf(&mut limited) {
-            Ok(n) => {
-                // (Clearing read readiness after a short read would save the
-                // EAGAIN read that follows, but it also drops a peer close
-                // that arrived in the same event, which edge-triggered epoll
-                // never reports again: the EAGAIN read is the price.)
-                self.adapt_read_room(n, room);
                 Ok(Some(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -264,8 +270,8 @@ impl Conn {
         if self.out_len == 0 {
             return Ok(0);
         }
-        let slices: Vec<IoSlice<'_>> = self.out.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
-        let n = self.stream.write_vectored(&slices).await?;
+        let (slices, count) = out_slices(&self.out);
+        let n = self.stream.write_vectored(&slices[..count]).await?;
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
         }
@@ -313,6 +319,19 @@ impl Conn {
         self.flush().await?;
         self.stream.shutdown().await
     }
+}
+
+/// The first [`MAX_IOVECS`] chunks of an output queue as slices for one
+/// vectored write, and how many there are. On the stack: this runs once per
+/// reply on busy connections.
+fn out_slices(out: &VecDeque<Bytes>) -> ([IoSlice<'_>; MAX_IOVECS], usize) {
+    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+    let mut count = 0;
+    for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
+        *slot = IoSlice::new(chunk);
+        count += 1;
+    }
+    (slices, count)
 }
 
 #[cfg(test)]
@@ -363,6 +382,47 @@ mod tests {
         let mut got = [0u8; 4];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"abcd");
+    }
+
+    /// Data and FIN in one segment: the short read clears the read
+    /// readiness, and the close must still be seen by the next pump.
+    #[tokio::test]
+    async fn pump_sees_a_close_that_came_with_the_last_bytes() {
+        let (mut client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut closed = false;
+        let deadline = std::time::Duration::from_secs(5);
+        while !closed {
+            let event = tokio::time::timeout(deadline, conn.pump(true)).await.unwrap().unwrap();
+            closed = event.peer_closed();
+        }
+        assert_eq!(&conn.read_buf()[..], b"last words");
+    }
+
+    /// A reply written while the request's read readiness was cleared, then
+    /// the next request: the pump must wake for it (readiness is not lost).
+    #[tokio::test]
+    async fn pump_reads_the_next_request_after_a_reply() {
+        let (mut client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        let deadline = std::time::Duration::from_secs(5);
+        for round in 0..100u32 {
+            let request = format!("request {round}\n");
+            client.write_all(request.as_bytes()).await.unwrap();
+            while conn.read_buf().len() < request.len() {
+                tokio::time::timeout(deadline, conn.pump(true)).await.unwrap().unwrap();
+            }
+            assert_eq!(&conn.read_buf().split()[..], request.as_bytes());
+            conn.queue(Bytes::from(format!("reply {round}\n")));
+            while conn.has_output() {
+                tokio::time::timeout(deadline, conn.pump(true)).await.unwrap().unwrap();
+            }
+            let mut got = vec![0u8; format!("reply {round}\n").len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, format!("reply {round}\n").into_bytes());
+        }
     }
 
     #[tokio::test]

@@ -38,6 +38,12 @@ pub struct KvState {
 /// grow our memory without bound).
 const MAX_PENDING_OUT: usize = 4 << 20;
 
+/// Room made in the reply buffer before each batch of requests.
+const OUT_ROOM: usize = 4096;
+/// A batch's replies larger than this leave with their buffer: the session starts a fresh one rather than
+/// keep a large allocation alive for the life of the connection.
+const OUT_KEEP: usize = 64 << 10;
+
 pub(crate) async fn run(
     svc: Arc<KvService>,
     mut conn: Conn,
@@ -68,9 +74,13 @@ async fn serve(
     let idle = (svc.config.idle_timeout_secs > 0).then(|| Duration::from_secs(svc.config.idle_timeout_secs));
     let mut swallow = resume.map(|s| s.swallow).unwrap_or(0);
     let mut deadline = idle.map(|d| Instant::now() + d);
+    // Replies are built here and split off to be queued. Once they are written (and dropped), `reserve`
+    // finds the buffer unshared and reuses it: no allocation per request.
+    let mut out = BytesMut::new();
     loop {
         // Execute every complete request buffered.
-        let mut out = BytesMut::with_capacity(4096);
+        debug_assert!(out.is_empty());
+        out.reserve(OUT_ROOM);
         let mut wrote = false;
         let mut close = false;
         // Whether the loop stopped for want of input (rather than at a
@@ -143,7 +153,11 @@ async fn serve(
         }
         if !out.is_empty() {
             KvStats::add(&svc.stats.bytes_written, out.len() as u64);
-            conn.queue(out.freeze());
+            let big = out.len() > OUT_KEEP;
+            conn.queue(out.split().freeze());
+            if big {
+                out = BytesMut::new();
+            }
         }
         if close {
             return None;

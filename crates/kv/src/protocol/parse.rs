@@ -117,7 +117,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parse {
     }
     let t: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).collect();
     let n = t.len().min(MAX_TOKENS) + 1;
-    Line { n, t, consumed: nl + 1, rest: &buf[nl + 1..], limits }.dispatch()
+    Line { line, n, t, consumed: nl + 1, rest: &buf[nl + 1..], limits }.dispatch()
 }
 
 /// memcached's test for a line allowed to exceed its buffer: `get ` or `gets ` after at most 100 spaces.
@@ -136,6 +136,8 @@ fn close(consumed: usize) -> Parse {
 
 /// One command line, tokenized.
 struct Line<'a> {
+    /// The command line, without its line end: every token is a slice of it.
+    line: &'a [u8],
     /// Every token (memcached reads the ones past 23 only for get and friends).
     t: Vec<&'a [u8]>,
     /// memcached's `ntokens`: up to 23 tokens plus its terminal one.
@@ -243,7 +245,7 @@ impl Line<'_> {
                 effect,
             };
         }
-        let keys = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+        let keys = copy_keys(self.line, keys);
         self.req(if touch { Request::Gat { exptime, keys, with_cas } } else { Request::Get { keys, with_cas } })
     }
 
@@ -452,4 +454,24 @@ impl Line<'_> {
         };
         self.req(Request::MetaDebug { key })
     }
+}
+
+/// The keys of a multiget, copied out of the read buffer in one allocation: the part of `line` from the
+/// first key to the last (tokens of that line, in order) is copied once and every key is a slice of the
+/// copy, instead of one allocation per key (16 per request in a 16-key multiget).
+fn copy_keys(line: &[u8], keys: &[&[u8]]) -> Vec<Bytes> {
+    let base = line.as_ptr() as usize;
+    let offset = |k: &[u8]| (k.as_ptr() as usize).checked_sub(base).filter(|&o| o + k.len() <= line.len());
+    let (Some(first), Some(last)) = (keys.first(), keys.last()) else { return Vec::new() };
+    let (Some(start), Some(end)) = (offset(first), offset(last).map(|o| o + last.len())) else {
+        debug_assert!(false, "keys are not tokens of the line");
+        return keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+    };
+    let span = Bytes::copy_from_slice(&line[start..end.max(start)]);
+    keys.iter()
+        .map(|k| match offset(k) {
+            Some(o) if o >= start && o + k.len() <= end => span.slice(o - start..o - start + k.len()),
+            _ => Bytes::copy_from_slice(k),
+        })
+        .collect()
 }

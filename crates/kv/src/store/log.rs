@@ -35,9 +35,11 @@
 //! - `CasHighWater` (start of each snapshot) raises the cas counter, so that cas values stay monotonic even
 //!   when compaction dropped the records that carried the highest ones.
 //!
-//! Replay stops at the first record that is short or fails its checksum. In the last segment that is a torn
-//! tail (a write cut short by a crash or a full disk) and the writer truncates it; anywhere else it is
-//! corruption and opening fails with `StoreError::Corrupt`.
+//! Replay stops at the first record that is short or fails its checksum. In the last segment that is either
+//! zeros written ahead of the records (fsync mode preallocates the space its appends will use, so that a
+//! commit flushes data only) or a torn tail (a write cut short by a crash or a full disk); a writer keeps the
+//! zeros and truncates a torn tail. Anywhere else it is corruption and opening fails with
+//! `StoreError::Corrupt`. (A zero header never passes: its op 0 is unknown.)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -331,6 +333,26 @@ pub(crate) fn create_segment(dir: &Path, id: u64) -> io::Result<File> {
     }
     sync_dir(dir)?;
     Ok(f)
+}
+
+/// Whether the bytes `[from, to)` of `f` are all zero (preallocated space, see `persist`). Reads in
+/// bounded pieces.
+pub(crate) fn all_zero(f: &File, from: u64, to: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut off = from;
+    while off < to {
+        let want = buf.len().min(usize::try_from(to - off).unwrap_or(usize::MAX));
+        let n = f.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            return Ok(true); // the file shrank: nothing non-zero is left
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        off += n as u64;
+    }
+    Ok(true)
 }
 
 /// Writes the magic into an empty (or shorter than the magic) segment.

@@ -15,6 +15,18 @@ use tokio::sync::watch;
 use super::log::{self, Listing, MAGIC, MAGIC_LEN, Meta, Next, Op, Reader, Record};
 use super::{Durability, Entry, Inner, Store, StoreConfig, StoreError, TOUCHED, lock, unix_now};
 
+/// Fsync mode: the group-commit thread keeps this many bytes of zeros written (and, by its next commit,
+/// synced) ahead of the append position. Appending into space the file already has changes neither its size
+/// nor its block map, so the `fdatasync` that commits it flushes the data blocks only; appending past the
+/// end makes every `fdatasync` also write the inode (measured here: 3 device writes per commit instead of 2,
+/// 0.20 ms instead of 0.145 ms). `fallocate` would not do: its unwritten extents need a metadata update on
+/// their first write.
+const PREALLOC_AHEAD: u64 = 1 << 20;
+/// Zeros written per step, with the writer lock held (a copy into the page cache, tens of µs); the commit
+/// that follows flushes them.
+const PREALLOC_STEP: usize = 256 << 10;
+static ZEROS: [u8; PREALLOC_STEP] = [0; PREALLOC_STEP];
+
 /// Durability progress published by the group-commit thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Durable {
@@ -47,6 +59,9 @@ pub(crate) struct Writer {
     bytes: u64,
     /// A failed append left bytes after `off` that could not be truncated yet.
     dirty: bool,
+    /// End of the zeros written ahead of `off` in the active segment (fsync mode, see [`PREALLOC_AHEAD`]);
+    /// at most `off` when there are none. Replay reads a zero header as the end of the records.
+    zeroed: u64,
     #[cfg(test)]
     pub fail_writes: u32,
 }
@@ -100,6 +115,7 @@ impl LogCtl {
                 seq: 0,
                 bytes: 0,
                 dirty: false,
+                zeroed: 0,
                 #[cfg(test)]
                 fail_writes: 0,
             }),
@@ -171,6 +187,24 @@ impl LogCtl {
         Ok(())
     }
 
+    /// Fsync mode, on the group-commit thread after a commit: writes one [`PREALLOC_STEP`] of zeros after
+    /// the records (or after the zeros already there) when fewer than [`PREALLOC_AHEAD`] bytes are ahead of
+    /// the append position. The next commit makes them durable. A failure (a full disk) only means appends
+    /// go on past the end, as without preallocation.
+    fn preallocate(&self) {
+        let mut w = lock(&self.w);
+        let Some(file) = w.file.clone() else { return };
+        if w.dirty || w.zeroed >= w.off + PREALLOC_AHEAD {
+            return;
+        }
+        // The lock keeps appends out: no record can land in the range while it is zeroed.
+        let start = w.zeroed.max(w.off);
+        match file.write_all_at(&ZEROS, start) {
+            Ok(()) => w.zeroed = start + PREALLOC_STEP as u64,
+            Err(e) => tracing::debug!(error = %e, "kv log: cannot preallocate; appending past the end"),
+        }
+    }
+
     fn publish(&self, d: Durable) {
         *lock(&self.durable) = d;
         self.durable_cv.notify_all();
@@ -192,6 +226,7 @@ impl Writer {
         if self.dirty {
             file.set_len(self.off)?;
             self.dirty = false;
+            self.zeroed = self.off;
         }
         #[cfg(test)]
         let res = if self.fail_writes > 0 {
@@ -208,6 +243,7 @@ impl Writer {
             if file.set_len(self.off).is_err() {
                 self.dirty = true;
             }
+            self.zeroed = self.zeroed.min(self.off);
             return Err(e);
         }
         self.off += rec.len() as u64;
@@ -458,10 +494,20 @@ impl Inner {
             let path = log::log_path(&log.dir, id);
             let f = OpenOptions::new().read(true).write(true).open(&path)?;
             let len = f.metadata()?.len();
+            w.zeroed = w.off;
             if w.off < MAGIC_LEN {
                 log::init_segment(&f)?;
                 w.bytes = w.bytes - w.off + MAGIC_LEN;
-                w.off = MAGIC_LEN;
+                (w.off, w.zeroed) = (MAGIC_LEN, MAGIC_LEN);
+            } else if len > w.off && log::all_zero(&f, w.off, len)? {
+                // Space preallocated by a writer in fsync mode: kept for appending in that mode (synced, in
+                // case the process that wrote it died before its next commit), cut off otherwise.
+                if log.fsync {
+                    w.zeroed = len;
+                } else {
+                    f.set_len(w.off)?;
+                }
+                f.sync_data()?;
             } else if len > w.off {
                 tracing::warn!(path = %path.display(), offset = w.off, bytes = len - w.off, "kv log: truncating torn tail");
                 f.set_len(w.off)?;
@@ -473,7 +519,7 @@ impl Inner {
         } else {
             let id = w.next_id;
             let f = log::create_segment(&log.dir, id)?;
-            (w.seg, w.off, w.next_id) = (id, MAGIC_LEN, id + 1);
+            (w.seg, w.off, w.zeroed, w.next_id) = (id, MAGIC_LEN, MAGIC_LEN, id + 1);
             w.bytes += MAGIC_LEN;
             f
         };
@@ -507,11 +553,12 @@ impl Inner {
             let mut w = lock(&log.w);
             let Some(old) = w.file.clone() else { return Ok(false) };
             let (snap_id, seg_id) = (w.next_id, w.next_id + 1);
+            // Cuts off the preallocated zeros too: only the last segment may end in anything but records.
             old.set_len(w.off)?;
             old.sync_data()?;
             let f = log::create_segment(&log.dir, seg_id)?;
             w.next_id = seg_id + 1;
-            (w.file, w.seg, w.off, w.dirty) = (Some(Arc::new(f)), seg_id, MAGIC_LEN, false);
+            (w.file, w.seg, w.off, w.zeroed, w.dirty) = (Some(Arc::new(f)), seg_id, MAGIC_LEN, MAGIC_LEN, false);
             w.bytes += MAGIC_LEN;
             log.log_bytes.store(w.bytes, Relaxed);
             (snap_id, seg_id, self.cas.load(Relaxed), self.flush_at.load(Relaxed))
@@ -641,7 +688,10 @@ fn commit_loop(inner: Arc<Inner>) {
             continue;
         }
         match file.sync_data() {
-            Ok(()) => log.publish(Durable { seq, failed: false }),
+            Ok(()) => {
+                log.publish(Durable { seq, failed: false });
+                log.preallocate();
+            }
             Err(e) => {
                 tracing::error!(error = %e, "kv log: fdatasync failed; refusing further writes");
                 let d = log.durable();

@@ -754,3 +754,90 @@ fn compaction_latency() {
         }
     }
 }
+
+/// Waits (with a deadline) until the active segment of a fsync-mode store has preallocated zeros after its
+/// records; returns the file's length.
+fn wait_preallocated(s: &Store, dir: &Path) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let len = fs::metadata(seg_file(dir)).unwrap().len();
+        if len > s.stats().log_bytes {
+            return len;
+        }
+        assert!(Instant::now() < deadline, "no space preallocated after the records");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn fsync_preallocated_zeros_read_as_the_end_of_the_log() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(cfg(d.path(), Durability::Fsync)).unwrap();
+    for i in 0..50 {
+        set(&s, &format!("k{i}"), &format!("value {i}"));
+        s.wait_durable_blocking(s.appended_seq()).unwrap();
+    }
+    let len = wait_preallocated(&s, d.path());
+    let records = s.stats().log_bytes;
+    drop(s);
+    let bytes = fs::read(seg_file(d.path())).unwrap();
+    assert!(bytes[records as usize..].iter().all(|&b| b == 0), "only zeros follow the records");
+
+    // Reopened in fsync mode: everything is there, the zeros are kept and appends go into them.
+    let s = Store::open(cfg(d.path(), Durability::Fsync)).unwrap();
+    assert_eq!(s.stats().log_bytes, records);
+    assert_eq!(fs::metadata(seg_file(d.path())).unwrap().len(), len, "the zeros were kept");
+    for i in 0..50 {
+        assert_eq!(val(&s, &format!("k{i}")).unwrap(), format!("value {i}"));
+    }
+    set(&s, "after", "reopen");
+    s.wait_durable_blocking(s.appended_seq()).unwrap();
+    let records = s.stats().log_bytes;
+    drop(s);
+
+    // A record torn inside the zeros (a crash mid-write) is cut off with them; what came before stays.
+    let seg = seg_file(d.path());
+    let mut torn = fs::read(&seg).unwrap();
+    let partial = log::encode(Meta { op: Op::Set, flags: 0, exptime: 0, cas: 999, time: 0 }, b"torn", b"value");
+    torn[records as usize..records as usize + 20].copy_from_slice(&partial[..20]);
+    let d2 = tempfile::tempdir().unwrap();
+    copy_dir(d.path(), d2.path());
+    fs::write(seg_file(d2.path()), &torn).unwrap();
+    let s2 = Store::open(cfg(d2.path(), Durability::Fsync)).unwrap();
+    assert_eq!(fs::metadata(seg_file(d2.path())).unwrap().len(), records, "the torn tail was cut off");
+    assert_eq!(val(&s2, "after").unwrap(), "reopen");
+    assert_eq!(val(&s2, "torn"), None);
+    drop(s2);
+
+    // Reopened in os mode: the zeros are cut off, nothing else.
+    let s = open(d.path());
+    assert_eq!(fs::metadata(seg_file(d.path())).unwrap().len(), records, "os mode cuts the zeros off");
+    assert_eq!(val(&s, "after").unwrap(), "reopen");
+    assert_eq!(val(&s, "k49").unwrap(), "value 49");
+}
+
+#[test]
+fn fsync_handover_and_compaction_over_preallocated_space() {
+    let d = tempfile::tempdir().unwrap();
+    let a = Store::open(cfg(d.path(), Durability::Fsync)).unwrap();
+    workload(&a, 11, 2000);
+    a.wait_durable_blocking(a.appended_seq()).unwrap();
+    wait_preallocated(&a, d.path());
+    // The follower reads the log while the writer appends into its zeros.
+    let b = Store::open(cfg(d.path(), Durability::Fsync)).unwrap();
+    assert_eq!(dump(&b), dump(&a));
+    workload(&a, 12, 500);
+    a.prepare_handover().unwrap();
+    assert!(b.catch_up().unwrap() > 0);
+    assert_eq!(dump(&b), dump(&a));
+    workload(&b, 13, 500);
+    b.wait_durable_blocking(b.appended_seq()).unwrap();
+    assert!(b.compact().unwrap());
+    workload(&b, 14, 500);
+    b.wait_durable_blocking(b.appended_seq()).unwrap();
+    let want = dump(&b);
+    drop(a);
+    drop(b);
+    assert_eq!(dump(&Store::open(cfg(d.path(), Durability::Fsync)).unwrap()), want);
+    assert_eq!(dump(&open(d.path())), want);
+}
