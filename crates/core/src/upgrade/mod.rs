@@ -2,13 +2,20 @@
 //! session's state to a new executable (docs/upgrade.md).
 //!
 //! The old process starts the new one with one end of a `SOCK_SEQPACKET`
-//! pair ([`channel`]), waits for `INIT`, pauses every session at a safe
-//! point, sends the descriptors and one [`handover`] blob, and exits once
-//! the new process says `READY`. Anything else — the new process exits,
-//! hangs, or refuses the blob — rolls back: the old process resumes its own
-//! sessions and listeners.
+//! pair ([`channel`]), waits for `INIT`, then streams the handover in
+//! batches ([`batches`]): the listeners of the streamed services first,
+//! then their sessions a few at a time while the others keep serving, and
+//! last everything else (the all-at-once services' listeners and sessions,
+//! the admin socket). Each batch is descriptors plus one [`handover`]
+//! blob. The old process exits once the new one says `READY`. Anything
+//! else — the new process exits, hangs, or refuses a batch — rolls back:
+//! the old process resumes every session and listener, those it already
+//! sent included, from the copies it keeps until `READY`.
 
+pub mod batches;
 pub mod channel;
+pub mod clock;
+pub mod gaps;
 pub mod handover;
 pub mod history;
 mod new_side;
@@ -16,6 +23,9 @@ mod old_side;
 pub mod sd_notify;
 
 use serde::{Deserialize, Serialize};
+
+use gaps::GapSummary;
+pub use new_side::{REFUSE_BATCH_ENV, REFUSE_HANDOVER_ENV};
 
 pub(crate) use new_side::adopt;
 pub(crate) use old_side::hand_over;
@@ -27,8 +37,18 @@ pub struct UpgradeReport {
     pub old_version: String,
     pub new_pid: u32,
     pub new_version: String,
+    /// The total handover time, µs: from the old process stopping its
+    /// first accept loop to the new process having resumed every session
+    /// (wall clock). Before streamed handovers this was every session's gap.
     pub pause_gap_us: u64,
     pub sessions_moved: usize,
+    /// Each moved session's own pause gap: from its pause in the old process
+    /// to its task's first run in the new one.
+    #[serde(default)]
+    pub session_gap: GapSummary,
+    /// Batches the handover took (listeners first, the final group last).
+    #[serde(default)]
+    pub batches: u32,
 }
 
 /// Messages on the upgrade channel: a tag byte and a payload.
@@ -55,6 +75,10 @@ pub(crate) struct ReadyInfo {
     pub version: String,
     pub pause_gap_us: u64,
     pub sessions: usize,
+    #[serde(default)]
+    pub session_gap: GapSummary,
+    #[serde(default)]
+    pub batches: u32,
 }
 
 impl Message {
