@@ -12,6 +12,9 @@ use super::clock::monotonic_us;
 /// Gaps kept per upgrade: more sessions than any connection limit allows.
 pub const MAX_GAPS: usize = 1 << 20;
 
+/// Gaps a report carries: READY must fit one upgrade-channel message.
+pub const MAX_REPORTED_GAPS: usize = 4096;
+
 /// The distribution of one upgrade's per-session gaps (nearest rank).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GapSummary {
@@ -59,9 +62,14 @@ impl GapLog {
         self.gaps.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub fn summary(&self) -> GapSummary {
+    /// The summary, and the sorted gaps (evenly thinned to at most
+    /// [`MAX_REPORTED_GAPS`]).
+    pub fn summary(&self) -> (GapSummary, Vec<u64>) {
         let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        GapSummary::of(&mut gaps)
+        let summary = GapSummary::of(&mut gaps);
+        let step = gaps.len().div_ceil(MAX_REPORTED_GAPS).max(1);
+        let reported = gaps.iter().copied().step_by(step).collect();
+        (summary, reported)
     }
 }
 
@@ -98,14 +106,27 @@ mod tests {
     }
 
     #[test]
+    fn a_report_carries_a_bounded_sorted_sample() {
+        let log = GapLog::new();
+        for gap in (0..10_000u64).rev() {
+            log.record(gap);
+        }
+        let (s, reported) = log.summary();
+        assert_eq!((s.sessions, s.max_us), (10_000, 9_999));
+        assert!(reported.len() <= MAX_REPORTED_GAPS && reported.len() > MAX_REPORTED_GAPS / 2);
+        assert!(reported.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
     fn a_stamp_records_the_time_since_the_pause_and_skips_unknown_ones() {
         let log = GapLog::new();
         let paused = monotonic_us();
         std::thread::sleep(std::time::Duration::from_millis(2));
         ResumeStamp { paused_mono_us: paused, log: log.clone() }.record();
         ResumeStamp { paused_mono_us: 0, log: log.clone() }.record();
-        let s = log.summary();
+        let (s, reported) = log.summary();
         assert_eq!(s.sessions, 1);
+        assert_eq!(reported, vec![s.max_us]);
         assert!(s.max_us >= 2_000 && s.max_us < 10_000_000, "{s:?}");
     }
 }

@@ -49,6 +49,10 @@ pub struct UpgradeReport {
     /// Batches the handover took (listeners first, the final group last).
     #[serde(default)]
     pub batches: u32,
+    /// The gaps themselves, µs, sorted (at most [`gaps::MAX_REPORTED_GAPS`]
+    /// evenly spread ones), so a benchmark can pool them over upgrades.
+    #[serde(default)]
+    pub session_gaps_us: Vec<u64>,
 }
 
 /// Messages on the upgrade channel: a tag byte and a payload.
@@ -79,6 +83,8 @@ pub(crate) struct ReadyInfo {
     pub session_gap: GapSummary,
     #[serde(default)]
     pub batches: u32,
+    #[serde(default)]
+    pub session_gaps_us: Vec<u64>,
 }
 
 impl Message {

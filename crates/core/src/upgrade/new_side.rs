@@ -22,7 +22,9 @@ use crate::server::{Running, Runtime};
 use crate::version::version;
 
 /// Set in the environment of a build under test to make it refuse every
-/// handover (how the rollback path is exercised end to end).
+/// handover, at the first batch that carries sessions (or the last), so
+/// that sessions have paused and nothing has run here yet: how the
+/// rollback path is exercised end to end.
 pub const REFUSE_HANDOVER_ENV: &str = "FERRY_TEST_REFUSE_HANDOVER";
 /// Set to `N` in the environment of a build under test to make it refuse
 /// batch `N` of a streamed handover (0: the listeners), after it has
@@ -62,7 +64,8 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         let t_received = Instant::now();
         let handover = DecodedHandover::decode(&blob, fds.len()).map_err(|e| refuse(e.to_string()))?;
         let header = &handover.header;
-        if std::env::var_os(REFUSE_HANDOVER_ENV).is_some() {
+        let carries_sessions = !header.sessions.is_empty() || header.last;
+        if carries_sessions && std::env::var_os(REFUSE_HANDOVER_ENV).is_some() {
             return Err(refuse(format!("refused by {REFUSE_HANDOVER_ENV}")));
         }
         if refuse_at == Some(header.batch) {
@@ -200,7 +203,7 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
     while gaps.count() < stamped && Instant::now() < waited {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let session_gap = gaps.summary();
+    let (session_gap, session_gaps_us) = gaps.summary();
     let pid = std::process::id();
     let mut history = handover.header.history.clone();
     super::history::push(
@@ -220,7 +223,15 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
     );
     rt.set_history(history);
     sd_notify::notify(&format!("MAINPID={pid}\nREADY=1"));
-    let info = ReadyInfo { pid, version: version().to_string(), pause_gap_us: gap, sessions, session_gap, batches };
+    let info = ReadyInfo {
+        pid,
+        version: version().to_string(),
+        pause_gap_us: gap,
+        sessions,
+        session_gap,
+        batches,
+        session_gaps_us,
+    };
     let json = serde_json::to_vec(&info).map_err(|e| e.to_string())?;
     if let Err(e) = channel.send(&Message::Ready(json).encode(), &[]) {
         tracing::warn!("cannot tell the old process we are ready: {e}");

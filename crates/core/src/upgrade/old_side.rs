@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::task::JoinHandle;
 
-use super::channel::{MAX_FDS_PER_MESSAGE, MAX_MESSAGE, UPGRADE_FD_ENV, UpgradeChannel};
 use super::batches::{BATCH_SESSIONS, MAX_BATCHES, next_batch};
+use super::channel::{MAX_FDS_PER_MESSAGE, MAX_MESSAGE, UPGRADE_FD_ENV, UpgradeChannel};
 use super::handover::{HANDOVER_FORMAT, Handover, HandoverBuilder, ListenerRecord, SessionRecord};
 use super::history::UpgradeRecord;
 use super::{Message, ReadyInfo, UpgradeReport, now_unix_us};
@@ -189,7 +189,8 @@ pub(crate) async fn hand_over(
     //    and any straggler) pauses at once, the stores stop writing, and
     //    the remaining listeners and the admin socket go with them.
     let pause_limit = PAUSE_LIMIT.min(peer.left());
-    let (listeners, admin, parked, left) = rt.pause_all(Running { loops: rest, admin }, PauseReason::Upgrade, pause_limit).await;
+    let (listeners, admin, parked, left) =
+        rt.pause_all(Running { loops: rest, admin }, PauseReason::Upgrade, pause_limit).await;
     let mut last = Bundle::default();
     for (entry, listener) in listeners {
         last.add_listener(entry, listener);
@@ -220,7 +221,15 @@ pub(crate) async fn hand_over(
     .and_then(|r| r);
     if let Err(reason) = flushed {
         held.append(last);
-        return Err(rollback(rt, record, format!("cannot prepare the stores: {reason}"), Some(peer), held, vec![], None));
+        return Err(rollback(
+            rt,
+            record,
+            format!("cannot prepare the stores: {reason}"),
+            Some(peer),
+            held,
+            vec![],
+            None,
+        ));
     }
     batch += 1;
     let mut final_header = header(batch, true);
@@ -272,6 +281,7 @@ pub(crate) async fn hand_over(
         sessions_moved: info.sessions,
         session_gap: info.session_gap,
         batches: info.batches,
+        session_gaps_us: info.session_gaps_us,
     })
 }
 
