@@ -62,6 +62,7 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
             .await
             .map_err(|e| format!("receive task failed: {e}"))??;
         let t_received = Instant::now();
+        let received_mono = super::clock::monotonic_us();
         let handover = DecodedHandover::decode(&blob, fds.len()).map_err(|e| refuse(e.to_string()))?;
         let header = &handover.header;
         let carries_sessions = !header.sessions.is_empty() || header.last;
@@ -176,10 +177,12 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
             loops.push(rt.spawn_accept(entry, listener));
         }
         batches += 1;
+        let first_paused = header.sessions.iter().map(|s| s.paused_mono_us).filter(|&t| t > 0).min();
         tracing::debug!(
             batch = header.batch,
             sessions = header.sessions.len(),
             listeners = header.listeners.len(),
+            received_after_first_pause_us = first_paused.map(|t| received_mono.saturating_sub(t)),
             resumed_us = t_received.elapsed().as_micros() as u64,
             "took a handover batch"
         );

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::task::JoinHandle;
 
-use super::batches::{BATCH_SESSIONS, MAX_BATCHES, next_batch};
+use super::batches::{BATCH_SESSIONS, BATCH_TRANSFERRING, MAX_BATCHES, next_batch};
 use super::channel::{MAX_FDS_PER_MESSAGE, MAX_MESSAGE, UPGRADE_FD_ENV, UpgradeChannel};
 use super::handover::{HANDOVER_FORMAT, Handover, HandoverBuilder, ListenerRecord, SessionRecord};
 use super::history::UpgradeRecord;
@@ -151,7 +151,7 @@ pub(crate) async fn hand_over(
         }
         let running_ids = rt.ctx.sessions.ids_where(|s| streamed.contains(s));
         let transferring: BTreeSet<u64> = rt.ctx.registry.transfers().iter().map(|t| t.session).collect();
-        let ids = next_batch(&running_ids, &transferring, &asked, BATCH_SESSIONS);
+        let ids = next_batch(&running_ids, &transferring, &asked, BATCH_TRANSFERRING, BATCH_SESSIONS);
         if ids.is_empty() {
             break;
         }
@@ -161,6 +161,7 @@ pub(crate) async fn hand_over(
             return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
         }
         asked.extend(ids.iter().copied());
+        let t_batch = Instant::now();
         rt.ctx.sessions.pause(&ids, PauseReason::Upgrade);
         let pause_limit = PAUSE_LIMIT.min(peer.left());
         let (parked, left) = collect(rt, &ids, pause_limit).await;
@@ -177,7 +178,15 @@ pub(crate) async fn hand_over(
             batch -= 1;
             continue;
         }
+        let parked_in = t_batch.elapsed();
         let sent = send_batch(&peer, &this, header(batch, false)).await;
+        tracing::debug!(
+            batch,
+            sessions = this.sessions.len(),
+            parked_us = parked_in.as_micros() as u64,
+            sent_us = t_batch.elapsed().as_micros() as u64,
+            "sent a handover batch"
+        );
         held.append(this);
         if let Err(reason) = sent {
             return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
