@@ -237,5 +237,10 @@ done
 generations=$(grep -c 'took over from the old process' "$LOG" || true)
 warnings=$(grep -cE ' (WARN|ERROR) ' "$LOG" || true)
 echo "server log: $generations takeovers logged, $warnings WARN/ERROR lines"
+# Load-independent: the CPU each process that handed over used in its whole
+# life (adopting, serving until the next upgrade, handing over).
+cpu=$(sed -n 's/.*handed over to the new process.*cpu_us=\([0-9]*\).*/\1/p; s/.*cpu_us=\([0-9]*\).*handed over to the new process.*/\1/p' "$LOG" |
+    awk '{ s += $1; n++ } END { if (n) printf "mean %.1f ms per process (n=%d)", s / n / 1000, n }')
+echo "server CPU: ${cpu:-not logged} (user + system over each handing-over process's life; both scenarios)"
 grep -E ' (WARN|ERROR) ' "$LOG" | head -n 20 || true
 ((FAILED == 0)) || die "ferry-loadgen reported failures (see above)"

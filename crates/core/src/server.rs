@@ -231,6 +231,7 @@ impl Server {
                         new_version = %report.new_version,
                         gap_us = report.pause_gap_us,
                         sessions = report.sessions_moved,
+                        cpu_us = process_cpu_us(),
                         "handed over to the new process; exiting"
                     );
                     if let Some((reply, delivered)) = request.reply {
@@ -443,6 +444,17 @@ fn started_from() -> io::Result<PathBuf> {
         Some(path) if path.components().count() > 1 => std::path::absolute(path),
         _ => std::env::current_exe(),
     }
+}
+
+/// CPU time (user and system) this process has used, µs: logged as it
+/// exits after an upgrade, so that a benchmark can sum what each
+/// generation cost whatever else runs on the machine.
+fn process_cpu_us() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let micros = |t: nix::sys::time::TimeVal| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec()).unwrap_or(0)
+    };
+    getrusage(UsageWho::RUSAGE_SELF).map(|u| micros(u.user_time()) + micros(u.system_time())).unwrap_or(0)
 }
 
 /// Every connection is a descriptor, and during a live upgrade both

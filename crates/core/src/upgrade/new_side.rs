@@ -31,6 +31,8 @@ pub const REFUSE_HANDOVER_ENV: &str = "FERRY_TEST_REFUSE_HANDOVER";
 /// resumed the batches before it: how a rollback in mid-stream is
 /// exercised end to end.
 pub const REFUSE_BATCH_ENV: &str = "FERRY_TEST_REFUSE_BATCH";
+/// How long a refusing process waits for the old one to read the refusal.
+const LINGER: Duration = Duration::from_secs(3);
 /// How long READY waits for the last resumed sessions to record their gap.
 const GAP_WAIT: Duration = Duration::from_secs(2);
 
@@ -44,6 +46,7 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         let channel = channel.clone();
         move |reason: String| {
             let _ = channel.send(&Message::Refuse(reason.clone()).encode(), &[]);
+            linger(&channel);
             reason
         }
     };
@@ -250,6 +253,21 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
         "took over from the old process"
     );
     Ok(Running { loops, admin })
+}
+
+/// After a refusal: keep the channel open, reading and dropping whatever
+/// the old process still sends, until it closes the channel (it kills this
+/// process once it has read the refusal) or [`LINGER`] passes. Exiting at
+/// once, with its batches unread, would reset the channel, and the old
+/// process could see the reset before the refusal and report that instead.
+fn linger(channel: &UpgradeChannel) {
+    let until = Instant::now() + LINGER;
+    while Instant::now() < until {
+        match channel.recv(Duration::from_millis(50)) {
+            Ok(_) => continue,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Receives descriptor batches and the blob, up to `END`.
