@@ -350,7 +350,7 @@ impl Peer {
         if self.left().is_zero() {
             return Err("the new process did not become ready in time (upgrade.timeout_secs)".to_string());
         }
-        match self.channel.recv(Duration::from_micros(1)) {
+        match self.channel.try_recv() {
             Ok(None) => Ok(()),
             Ok(Some((bytes, _))) => match Message::decode(&bytes)? {
                 Message::Refuse(why) => Err(format!("the new process refused the handover: {why}")),
