@@ -65,8 +65,12 @@ pub(crate) enum Message {
     /// Old → new: the blob follows in chunks, this many bytes in all.
     Blob(u64),
     Chunk(Vec<u8>),
-    /// Old → new: everything was sent.
+    /// Old → new: everything was sent (of this batch).
     End,
+    /// New → old: batch N (not the last) is resumed here; the old process
+    /// pauses the next one only then, so batches never queue up in the
+    /// channel while their sessions wait.
+    Took(u32),
     /// New → old: serving; carries a JSON [`ReadyInfo`].
     Ready(Vec<u8>),
     /// New → old: cannot take over, and why.
@@ -95,6 +99,7 @@ impl Message {
             Message::Blob(len) => return [&[b'B'][..], &len.to_be_bytes()].concat(),
             Message::Chunk(b) => (b'C', b),
             Message::End => (b'E', &[]),
+            Message::Took(batch) => return [&[b'T'][..], &batch.to_be_bytes()].concat(),
             Message::Ready(b) => (b'R', b),
             Message::Refuse(r) => (b'X', r.as_bytes()),
         };
@@ -113,6 +118,10 @@ impl Message {
             }
             b'C' => Message::Chunk(body.to_vec()),
             b'E' => Message::End,
+            b'T' => {
+                let batch: [u8; 4] = body.try_into().map_err(|_| "bad TOOK message")?;
+                Message::Took(u32::from_be_bytes(batch))
+            }
             b'R' => Message::Ready(body.to_vec()),
             b'X' => Message::Refuse(text()?),
             other => return Err(format!("unknown upgrade message tag 0x{other:02x}")),
@@ -138,6 +147,7 @@ mod tests {
             Message::Blob(1 << 40),
             Message::Chunk(vec![1, 2, 3]),
             Message::End,
+            Message::Took(7),
             Message::Ready(b"{}".to_vec()),
             Message::Refuse("no".into()),
         ] {
@@ -145,5 +155,6 @@ mod tests {
         }
         assert!(Message::decode(b"").is_err());
         assert!(Message::decode(b"Z").is_err());
+        assert!(Message::decode(b"T\x00").is_err());
     }
 }

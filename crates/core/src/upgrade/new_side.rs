@@ -189,6 +189,11 @@ pub(crate) async fn adopt(rt: &mut Runtime, channel: UpgradeChannel) -> Result<R
             resumed_us = t_received.elapsed().as_micros() as u64,
             "took a handover batch"
         );
+        if !header.last {
+            channel
+                .send(&Message::Took(header.batch).encode(), &[])
+                .map_err(|e| format!("cannot acknowledge batch {}: {e}", header.batch))?;
+        }
         if header.last {
             let Some(admin_listener) = admin_listener else {
                 return Err(refuse("the last batch left no admin socket".to_string()));

@@ -137,7 +137,11 @@ pub(crate) async fn hand_over(
     let mut h0 = header(0, false);
     h0.session_services = rt.ctx.sessions.services().into_iter().map(str::to_string).collect();
     held.append(first);
-    if let Err(reason) = send_batch(&peer, &held, h0).await {
+    let sent = match send_batch(&peer, &held, h0).await {
+        Ok(()) => peer.taken(0).await,
+        Err(reason) => Err(reason),
+    };
+    if let Err(reason) = sent {
         return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
     }
 
@@ -146,9 +150,6 @@ pub(crate) async fn hand_over(
     let mut asked = BTreeSet::new();
     let mut batch = 0u32;
     loop {
-        if let Err(reason) = peer.check() {
-            return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
-        }
         let running_ids = rt.ctx.sessions.ids_where(|s| streamed.contains(s));
         let transferring: BTreeSet<u64> = rt.ctx.registry.transfers().iter().map(|t| t.session).collect();
         let ids = next_batch(&running_ids, &transferring, &asked, BATCH_TRANSFERRING, BATCH_SESSIONS);
@@ -180,11 +181,17 @@ pub(crate) async fn hand_over(
         }
         let parked_in = t_batch.elapsed();
         let sent = send_batch(&peer, &this, header(batch, false)).await;
+        let sent_in = t_batch.elapsed();
+        let sent = match sent {
+            Ok(()) => peer.taken(batch).await,
+            Err(reason) => Err(reason),
+        };
         tracing::debug!(
             batch,
             sessions = this.sessions.len(),
             parked_us = parked_in.as_micros() as u64,
-            sent_us = t_batch.elapsed().as_micros() as u64,
+            sent_us = sent_in.as_micros() as u64,
+            taken_us = t_batch.elapsed().as_micros() as u64,
             "sent a handover batch"
         );
         held.append(this);
@@ -341,22 +348,14 @@ impl Peer {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    /// Between batches: has the new process died, refused, or run out of
-    /// time?
-    fn check(&mut self) -> Result<(), String> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(format!("the new process exited ({status}) before it was ready"));
-        }
-        if self.left().is_zero() {
-            return Err("the new process did not become ready in time (upgrade.timeout_secs)".to_string());
-        }
-        match self.channel.try_recv() {
-            Ok(None) => Ok(()),
-            Ok(Some((bytes, _))) => match Message::decode(&bytes)? {
-                Message::Refuse(why) => Err(format!("the new process refused the handover: {why}")),
-                other => Err(format!("unexpected message from the new process: {other:?}")),
-            },
-            Err(e) => Err(format!("the new process closed the upgrade channel: {e}")),
+    /// Waits until the new process has resumed `batch` (or dies, refuses,
+    /// or runs out of time): one batch in flight at a time, so that no
+    /// batch waits in the channel while its sessions are paused.
+    async fn taken(&mut self, batch: u32) -> Result<(), String> {
+        match wait_message(&self.channel, &mut self.child, self.deadline).await? {
+            Message::Took(b) if b == batch => Ok(()),
+            Message::Refuse(why) => Err(format!("the new process refused the handover: {why}")),
+            other => Err(format!("unexpected message from the new process: {other:?}")),
         }
     }
 }
