@@ -95,6 +95,8 @@ struct Outcome {
     error: Option<String>,
     paused: u32,
     resumed: u32,
+    /// Client-seen gaps, µs: from each `PAUSED` notice to the `RESUMED` after it.
+    gaps_us: Vec<u64>,
     finished: Instant,
 }
 
@@ -105,6 +107,9 @@ struct Watch {
     begun: bool,
     paused: u32,
     resumed: u32,
+    /// When the last `PAUSED` was read, until its `RESUMED`.
+    paused_at: Option<Instant>,
+    gaps_us: Vec<u64>,
     other: Vec<String>,
 }
 
@@ -120,8 +125,13 @@ impl Observer for Watch {
     fn notice(&mut self, message: &str) {
         if message.starts_with("server paused") {
             self.paused += 1;
+            self.paused_at = Some(Instant::now());
         } else if message.starts_with("transfer resumed") {
             self.resumed += 1;
+            // One per upgrade, and upgrades are bounded by --upgrades.
+            if let Some(at) = self.paused_at.take() {
+                self.gaps_us.push(at.elapsed().as_micros() as u64);
+            }
         } else {
             self.other.push(message.to_string());
         }
@@ -252,12 +262,17 @@ async fn run(args: Args) -> Result<bool> {
             Ok(Ok(r)) => {
                 let wall = asked.elapsed().as_micros() as u64;
                 println!(
-                    "upgrade {i}/{}: pid {} -> {}, pause gap {} ms, {} sessions moved, {} ms request to reply",
+                    "upgrade {i}/{}: pid {} -> {}, {} sessions moved in {} batches, session gap p50 {} / p99 {} / \
+                     max {} ms, total handover {} ms, {} ms request to reply",
                     args.upgrades,
                     r.old_pid,
                     r.new_pid,
-                    ms(r.pause_gap_us),
                     r.sessions_moved,
+                    r.batches,
+                    ms(r.session_gap.p50_us),
+                    ms(r.session_gap.p99_us),
+                    ms(r.session_gap.max_us),
+                    ms(r.pause_gap_us),
                     ms(wall)
                 );
                 walls_us.push(wall);
@@ -302,6 +317,10 @@ async fn run(args: Args) -> Result<bool> {
     // DONE) and still running after the last.
     let spanning = outcomes.iter().filter(|o| o.finished > upgrades_done && o.paused as usize == reports.len()).count();
     let gaps: Vec<u64> = sorted(reports.iter().map(|r| r.pause_gap_us));
+    // Every session of every upgrade, pooled (each report carries its gaps).
+    let session_gaps: Vec<u64> = sorted(reports.iter().flat_map(|r| r.session_gaps_us.iter().copied()));
+    let upgrade_p99s: Vec<u64> = sorted(reports.iter().map(|r| r.session_gap.p99_us));
+    let client_gaps: Vec<u64> = sorted(outcomes.iter().flat_map(|o| o.gaps_us.iter().copied()));
     let moved: Vec<u64> = sorted(reports.iter().map(|r| r.sessions_moved as u64));
     // Notices each kind of transfer saw, as "min-max".
     let seen = |kind: &str, field: fn(&Outcome) -> u32| {
@@ -316,7 +335,27 @@ async fn run(args: Args) -> Result<bool> {
     }
     println!("sessions moved     min {}, max {} (connections held: {want})", show(&moved, 0.0), show(&moved, 100.0));
     println!(
-        "pause gap ms       p50 {}, p99 {}, max {} (n={})",
+        "session gap ms     p50 {}, p99 {}, max {} (n={} sessions over all upgrades; pause in the old process to \
+         first run in the new)",
+        show_ms(&session_gaps, 50.0),
+        show_ms(&session_gaps, 99.0),
+        show_ms(&session_gaps, 100.0),
+        session_gaps.len()
+    );
+    println!(
+        "                   per-upgrade p99: p50 {}, max {} ms",
+        show_ms(&upgrade_p99s, 50.0),
+        show_ms(&upgrade_p99s, 100.0)
+    );
+    println!(
+        "client gap ms      p50 {}, p99 {}, max {} (n={}; PAUSED to RESUMED as each transfer read them)",
+        show_ms(&client_gaps, 50.0),
+        show_ms(&client_gaps, 99.0),
+        show_ms(&client_gaps, 100.0),
+        client_gaps.len()
+    );
+    println!(
+        "total handover ms  p50 {}, p99 {}, max {} (n={}; first accept loop stopped to every session resumed)",
         show_ms(&gaps, 50.0),
         show_ms(&gaps, 99.0),
         show_ms(&gaps, 100.0),
@@ -353,7 +392,9 @@ async fn run(args: Args) -> Result<bool> {
     let ok = failed.is_empty() && transfer_failures.is_empty() && lost.is_empty();
     println!(
         "summary connections={} transfers={} upgrades={} upgrades_ok={} upgrades_failed={} moved_min={} moved_max={} \
-         gap_p50_us={} gap_p99_us={} gap_max_us={} transfer_failures={} transfers_spanning={} idle_lost={} result={}",
+         session_gap_p50_us={} session_gap_p99_us={} session_gap_max_us={} client_gap_p50_us={} client_gap_p99_us={} \
+         client_gap_max_us={} gap_p50_us={} gap_p99_us={} gap_max_us={} transfer_failures={} transfers_spanning={} \
+         idle_lost={} result={}",
         args.connections,
         args.transfers,
         args.upgrades,
@@ -361,6 +402,12 @@ async fn run(args: Args) -> Result<bool> {
         failed.len(),
         show(&moved, 0.0),
         show(&moved, 100.0),
+        show(&session_gaps, 50.0),
+        show(&session_gaps, 99.0),
+        show(&session_gaps, 100.0),
+        show(&client_gaps, 50.0),
+        show(&client_gaps, 99.0),
+        show(&client_gaps, 100.0),
         show(&gaps, 50.0),
         show(&gaps, 99.0),
         show(&gaps, 100.0),
@@ -376,7 +423,8 @@ async fn run(args: Args) -> Result<bool> {
 /// BLAKE3 (for a PUT, also of the file the server stored, which is then
 /// removed).
 async fn transfer(opts: ClientOptions, job: Job, started: Arc<AtomicUsize>) -> Outcome {
-    let mut watch = Watch { started, begun: false, paused: 0, resumed: 0, other: Vec::new() };
+    let mut watch =
+        Watch { started, begun: false, paused: 0, resumed: 0, paused_at: None, gaps_us: Vec::new(), other: Vec::new() };
     let (what, result) = match job {
         Job::Get { name, out, expect } => {
             let result = get(&opts, &name, GetTarget::File(out.clone()), &mut watch).await;
@@ -410,7 +458,7 @@ async fn transfer(opts: ClientOptions, job: Job, started: Arc<AtomicUsize>) -> O
     if error.is_none() && !watch.other.is_empty() {
         error = Some(format!("unexpected notices: {}", watch.other.join("; ")));
     }
-    Outcome { what, error, paused: watch.paused, resumed: watch.resumed, finished }
+    Outcome { what, error, paused: watch.paused, resumed: watch.resumed, gaps_us: watch.gaps_us, finished }
 }
 
 fn verify(attempts: u32, got: &str, expect: &str) -> Result<(), String> {

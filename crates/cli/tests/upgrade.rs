@@ -425,6 +425,47 @@ fn an_executable_that_refuses_the_handover_is_rolled_back() {
     rb.check(2);
 }
 
+/// A streamed handover refused in mid-stream: the new process has resumed
+/// batch 1 (32 idle sessions) when it refuses batch 2. The old process
+/// kills it and resumes every session, those already moved included, from
+/// the states it kept; each still answers, served by the old process, and
+/// a later upgrade moves them all.
+#[test]
+fn a_handover_refused_after_some_batches_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(&config, "[upgrade]\ntimeout_secs = 5\n").unwrap();
+    let server = Server::start_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    const IDLE: usize = 100;
+    let mut idle: Vec<Raw> = (0..IDLE).map(|_| Raw::connect(&server.addr)).collect();
+    wait_for("every connection to register", DEADLINE, || {
+        (server.status()["connections"].as_u64()? >= IDLE as u64).then_some(())
+    });
+    let body = format!("#!/bin/sh\nFERRY_TEST_REFUSE_BATCH=2 exec '{}' \"$@\"\n", env!("CARGO_BIN_EXE_ferry"));
+    let binary = script(dir.path(), "refuses-batch-2", &body);
+    let stderr = upgrade_fails(&server, &binary);
+    assert!(stderr.contains("batch 2 refused"), "{stderr}");
+    let record = last_upgrade(&server);
+    assert!(record["outcome"].as_str().unwrap().starts_with("rolled back"), "{record}");
+    assert!(record["sessions_moved"].as_u64().unwrap() >= 32, "batch 1 was sent: {record}");
+    let refusing = record["new_pid"].as_i64().unwrap() as i32;
+    assert!(!alive(refusing), "the refusing process {refusing} is still running");
+    assert_eq!(server.current_pid(), Some(server.pid()));
+    for (i, raw) in idle.iter_mut().enumerate() {
+        let lines = list(raw);
+        assert!(lines.last().unwrap().starts_with("END"), "connection {i}: {lines:?}");
+    }
+
+    let report = upgrade_ok(&server, None);
+    assert!(report["sessions_moved"].as_u64().unwrap() >= IDLE as u64, "{report}");
+    assert!(report["batches"].as_u64().unwrap() >= 3, "listeners, two batches of sessions, the final group: {report}");
+    assert_eq!(report["session_gap"]["sessions"].as_u64(), report["sessions_moved"].as_u64(), "{report}");
+    for (i, raw) in idle.iter_mut().enumerate() {
+        let lines = list(raw);
+        assert!(lines.last().unwrap().starts_with("END"), "connection {i} after the upgrade: {lines:?}");
+    }
+}
+
 #[test]
 fn sigusr2_upgrades_to_the_same_executable() {
     let dir = tempfile::tempdir().unwrap();

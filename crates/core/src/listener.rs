@@ -10,21 +10,29 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::conn::{Conn, ConnParts};
+use crate::pausable::PausableSessions;
 use crate::pause::PauseSignal;
 use crate::registry::Registry;
 use crate::service::Service;
 use crate::session::{SessionCtx, SessionEnd};
 use crate::status::Status;
+use crate::upgrade::clock::monotonic_us;
+use crate::upgrade::gaps::ResumeStamp;
 
 /// A paused session whose state is already serialized: what the runtime
 /// keeps, and what a live upgrade hands to the next process.
 #[derive(Debug)]
 pub struct ParkedSession {
+    /// Its id in the registry (and in [`PausableSessions`]).
+    pub id: u64,
     pub service: &'static str,
     pub conn: ConnParts,
     /// The service's state, serialized (JSON, so later releases can add
     /// fields with defaults and still read it).
     pub state: Vec<u8>,
+    /// When it paused, on the system-wide monotonic clock: the start of its
+    /// pause gap.
+    pub paused_mono_us: u64,
 }
 
 /// What an accept loop and its sessions share with the runtime.
@@ -32,6 +40,14 @@ pub struct ParkedSession {
 pub struct LoopCtx {
     pub registry: Arc<Registry>,
     pub pause: PauseSignal,
+    /// What stops an accept loop: the server-wide pause, plus (for a
+    /// loop a streamed upgrade stops on its own) the loop's own trigger.
+    pub stop_accepting: PauseSignal,
+    /// Every running session with its own pause trigger.
+    pub sessions: Arc<PausableSessions>,
+    /// Set only on the context a session is resumed with after a live
+    /// upgrade: when it paused, so its task records its pause gap.
+    pub handover: Option<ResumeStamp>,
     /// Where sessions that paused deliver themselves.
     pub parked: mpsc::UnboundedSender<ParkedSession>,
     /// Session tasks still running (a parked session counts until it has
@@ -65,7 +81,7 @@ pub fn spawn_accept_loop<S: Service>(
     ctx: LoopCtx,
 ) -> JoinHandle<TcpListener> {
     tokio::spawn(async move {
-        let mut pause = ctx.pause.clone();
+        let mut pause = ctx.stop_accepting.clone();
         loop {
             if pause.requested().is_some() {
                 return listener;
@@ -108,6 +124,9 @@ pub fn spawn_session<S: Service>(
     ctx.live.fetch_add(1, Ordering::SeqCst);
     let live = LiveGuard(ctx.live.clone());
     tokio::spawn(async move {
+        if let Some(stamp) = &ctx.handover {
+            stamp.record();
+        }
         let _live = live;
         let _permit = permit;
         let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
@@ -119,11 +138,16 @@ pub fn spawn_session<S: Service>(
             None => (Conn::new(stream, max), None),
         };
         let handle = ctx.registry.register(S::NAME, peer);
-        let session_ctx = SessionCtx { handle, pause: ctx.pause.clone(), registry: ctx.registry.clone() };
+        let id = handle.id();
+        // Dropped as the task ends: unlisted only after a parked session
+        // has been delivered.
+        let (pause, _listed) = ctx.sessions.insert(id, S::NAME, &ctx.pause);
+        let session_ctx = SessionCtx { handle, pause, registry: ctx.registry.clone() };
         if let SessionEnd::Paused(parked) = service.run(conn, state, session_ctx).await {
+            let paused_mono_us = monotonic_us();
             match serde_json::to_vec(&parked.state) {
                 Ok(state) => {
-                    let parked = ParkedSession { service: S::NAME, conn: parked.conn, state };
+                    let parked = ParkedSession { id, service: S::NAME, conn: parked.conn, state, paused_mono_us };
                     // Unbounded, but bounded in fact: one entry per session,
                     // and sessions are bounded by the connection limits.
                     if ctx.parked.send(parked).is_err() {

@@ -5,6 +5,11 @@
 //! clone and checks it between frames or commands. A pause can be lifted
 //! again (an upgrade that rolled back), so this is a watched value rather
 //! than a one-shot cancellation token.
+//!
+//! A signal can also listen to a second, private trigger of its own
+//! ([`PauseSignal::with_own`]): a streamed live upgrade pauses sessions a
+//! batch at a time, and one accept loop at a time, while the others keep
+//! serving.
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -29,6 +34,8 @@ pub struct PauseTrigger {
 #[derive(Clone, Debug)]
 pub struct PauseSignal {
     rx: watch::Receiver<Option<PauseReason>>,
+    /// This session's (or accept loop's) own trigger, if it has one.
+    own: Option<watch::Receiver<Option<PauseReason>>>,
 }
 
 impl PauseTrigger {
@@ -38,7 +45,7 @@ impl PauseTrigger {
     }
 
     pub fn signal(&self) -> PauseSignal {
-        PauseSignal { rx: self.tx.subscribe() }
+        PauseSignal { rx: self.tx.subscribe(), own: None }
     }
 
     pub fn pause(&self, reason: PauseReason) {
@@ -65,26 +72,44 @@ impl PauseSignal {
     /// A signal that never fires, for sessions driven outside a server.
     pub fn never() -> PauseSignal {
         let (_tx, rx) = watch::channel(None);
-        PauseSignal { rx }
+        PauseSignal { rx, own: None }
+    }
+
+    /// This signal, also firing when `own` is pulled: the server-wide pause
+    /// or a pause of this one holder, whichever comes first.
+    pub fn with_own(&self, own: &PauseTrigger) -> PauseSignal {
+        PauseSignal { rx: self.rx.clone(), own: Some(own.tx.subscribe()) }
     }
 
     /// The pause in force, if any.
     pub fn requested(&self) -> Option<PauseReason> {
-        *self.rx.borrow()
+        let own = self.own.as_ref().and_then(|own| *own.borrow());
+        (*self.rx.borrow()).or(own)
     }
 
     /// Completes once a pause is requested. Cancel-safe. If the trigger is
     /// gone no pause can come any more, so this never completes (rather
     /// than completing at once and turning callers' loops into spins).
     pub async fn wait(&mut self) -> PauseReason {
-        let reason = match self.rx.wait_for(|v| v.is_some()).await {
-            Ok(v) => *v,
-            Err(_) => None,
-        };
-        match reason {
-            Some(reason) => reason,
-            None => std::future::pending().await,
+        match &mut self.own {
+            Some(own) => tokio::select! {
+                reason = wait_on(&mut self.rx) => reason,
+                reason = wait_on(own) => reason,
+            },
+            None => wait_on(&mut self.rx).await,
         }
+    }
+}
+
+/// Completes once `rx` holds a reason; never if its trigger is gone.
+async fn wait_on(rx: &mut watch::Receiver<Option<PauseReason>>) -> PauseReason {
+    let reason = match rx.wait_for(|v| v.is_some()).await {
+        Ok(v) => *v,
+        Err(_) => None,
+    };
+    match reason {
+        Some(reason) => reason,
+        None => std::future::pending().await,
     }
 }
 
@@ -103,6 +128,21 @@ mod tests {
         assert_eq!(b.requested(), Some(PauseReason::Upgrade));
         trigger.resume();
         assert_eq!(b.requested(), None);
+    }
+
+    #[tokio::test]
+    async fn an_own_trigger_pauses_only_its_holder() {
+        let server = PauseTrigger::new();
+        let own = PauseTrigger::new();
+        let mut mine = server.signal().with_own(&own);
+        let other = server.signal();
+        own.pause(PauseReason::Upgrade);
+        assert_eq!(mine.wait().await, PauseReason::Upgrade);
+        assert_eq!(other.requested(), None);
+        own.resume();
+        assert_eq!(mine.requested(), None);
+        server.pause(PauseReason::Shutdown);
+        assert_eq!(mine.wait().await, PauseReason::Shutdown);
     }
 
     #[tokio::test]

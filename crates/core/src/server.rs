@@ -21,6 +21,7 @@ use crate::admin::{self, AdminHandler, AdminRequest, UpgradeTicket};
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::listener::{LoopCtx, ParkedSession};
+use crate::pausable::PausableSessions;
 use crate::pause::{PauseReason, PauseTrigger};
 use crate::registry::{Registry, unix_ms};
 use crate::service::Service;
@@ -88,8 +89,17 @@ pub(crate) struct Runtime {
 /// Accept loops and the admin loop while they run; each hands its listener
 /// back when paused.
 pub(crate) struct Running {
-    pub loops: Vec<(Arc<dyn ServiceEntry>, JoinHandle<TcpListener>)>,
+    pub loops: Vec<AcceptLoop>,
     pub admin: JoinHandle<UnixListener>,
+}
+
+/// One service's accept loop.
+pub(crate) struct AcceptLoop {
+    pub entry: Arc<dyn ServiceEntry>,
+    /// Hands the listener back once stopped.
+    pub task: JoinHandle<TcpListener>,
+    /// Stops this loop alone (a streamed upgrade moves its listener first).
+    pub stop: PauseTrigger,
 }
 
 impl Server {
@@ -160,6 +170,9 @@ impl Server {
         let ctx = LoopCtx {
             registry: registry.clone(),
             pause: pause.signal(),
+            stop_accepting: pause.signal(),
+            sessions: PausableSessions::new(),
+            handover: None,
             parked: parked_tx,
             live: Arc::new(AtomicUsize::new(0)),
             status: {
@@ -218,6 +231,7 @@ impl Server {
                         new_version = %report.new_version,
                         gap_us = report.pause_gap_us,
                         sessions = report.sessions_moved,
+                        cpu_us = process_cpu_us(),
                         "handed over to the new process; exiting"
                     );
                     if let Some((reply, delivered)) = request.reply {
@@ -255,7 +269,7 @@ impl Runtime {
             })?;
             let local = listener.local_addr().map_err(io_err("cannot read bound address"))?;
             listen.insert(entry.name().to_string(), local.to_string());
-            loops.push((entry.clone(), entry.spawn_accept(listener, self.ctx.clone())));
+            loops.push(self.spawn_accept(entry, listener));
         }
         let admin_listener = UnixListener::bind(self.data.socket())
             .map_err(io_err(format!("cannot bind admin socket {}", self.data.socket().display())))?;
@@ -263,6 +277,15 @@ impl Runtime {
         self.publish(&listen)?;
         sd_notify::notify("READY=1");
         Ok(Running { loops, admin })
+    }
+
+    /// Starts `entry`'s accept loop on `listener`, stoppable on its own.
+    pub(crate) fn spawn_accept(&self, entry: Arc<dyn ServiceEntry>, listener: TcpListener) -> AcceptLoop {
+        let stop = PauseTrigger::new();
+        let mut ctx = self.ctx.clone();
+        ctx.stop_accepting = self.ctx.stop_accepting.with_own(&stop);
+        let task = entry.spawn_accept(listener, ctx);
+        AcceptLoop { entry, task, stop }
     }
 
     pub(crate) fn spawn_admin(&self, listener: UnixListener) -> JoinHandle<UnixListener> {
@@ -291,10 +314,10 @@ impl Runtime {
     ) -> (Vec<(Arc<dyn ServiceEntry>, TcpListener)>, Option<UnixListener>, Vec<ParkedSession>, usize) {
         self.pause.pause(reason);
         let mut listeners = Vec::new();
-        for (entry, handle) in running.loops {
-            match handle.await {
-                Ok(listener) => listeners.push((entry, listener)),
-                Err(e) => tracing::error!("accept loop of {} failed: {e}", entry.name()),
+        for accept in running.loops {
+            match accept.task.await {
+                Ok(listener) => listeners.push((accept.entry, listener)),
+                Err(e) => tracing::error!("accept loop of {} failed: {e}", accept.entry.name()),
             }
         }
         let admin = running.admin.await.ok();
@@ -421,6 +444,17 @@ fn started_from() -> io::Result<PathBuf> {
         Some(path) if path.components().count() > 1 => std::path::absolute(path),
         _ => std::env::current_exe(),
     }
+}
+
+/// CPU time (user and system) this process has used, µs: logged as it
+/// exits after an upgrade, so that a benchmark can sum what each
+/// generation cost whatever else runs on the machine.
+fn process_cpu_us() -> u64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let micros = |t: nix::sys::time::TimeVal| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec()).unwrap_or(0)
+    };
+    getrusage(UsageWho::RUSAGE_SELF).map(|u| micros(u.user_time()) + micros(u.system_time())).unwrap_or(0)
 }
 
 /// Every connection is a descriptor, and during a live upgrade both

@@ -44,6 +44,12 @@ pub trait Service: Send + Sync + 'static {
         Ok(())
     }
 
+    /// How a live upgrade moves this service's sessions (see
+    /// [`HandoverMode`]). Asked once per upgrade, before anything pauses.
+    fn handover_mode(&self) -> HandoverMode {
+        HandoverMode::AllAtOnce
+    }
+
     /// Old process, live upgrade: every session is parked; flush and stop
     /// writing any store, so the new process can take over its files.
     fn prepare_handover(&self) -> Result<(), String> {
@@ -73,4 +79,19 @@ pub trait Service: Send + Sync + 'static {
     /// Tells a connection that arrived over the connection limit why it is
     /// being closed, in the protocol's own form.
     fn refuse(&self, conn: Conn, reason: String) -> impl Future<Output = ()> + Send;
+}
+
+/// How a live upgrade moves a service's sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoverMode {
+    /// A few sessions at a time while the others keep serving, its listener
+    /// first: each session's pause is short, but for a while some sessions
+    /// run in the old process and some in the new. Only for a service whose
+    /// sessions share nothing that one process writes and the other would
+    /// read stale (files on disk, which both processes see, are fine).
+    Streamed,
+    /// In the final group, with the listener, after every such session has
+    /// paused and `prepare_handover` has run: for a service whose sessions
+    /// share a writer (a store's log, a hub's queues).
+    AllAtOnce,
 }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::listener::{LoopCtx, spawn_accept_loop, spawn_session};
-use crate::service::Service;
+use crate::service::{HandoverMode, Service};
 
 /// One service as the runtime sees it.
 pub trait ServiceEntry: Send + Sync {
@@ -30,6 +30,11 @@ pub trait ServiceEntry: Send + Sync {
     fn decode_state(&self, state: &serde_json::Value) -> Result<DecodedState, String>;
     /// [`ServiceEntry::decode_state`] from the JSON text a parked session holds.
     fn decode_state_json(&self, state: &[u8]) -> Result<DecodedState, String>;
+    /// How a live upgrade moves this service's sessions; a service that
+    /// brings its own entry keeps them all-at-once unless it says otherwise.
+    fn handover_mode(&self) -> HandoverMode {
+        HandoverMode::AllAtOnce
+    }
     fn prepare_handover(&self) -> Result<(), String>;
     fn resume_after_rollback(&self);
     fn catch_up(&self) -> Result<(), String>;
@@ -102,6 +107,10 @@ impl<S: Service> ServiceEntry for Entry<S> {
         let state: S::State = serde_json::from_slice(state).map_err(|e| format!("{}: {e}", S::NAME))?;
         self.service.check_state(&state).map_err(|e| format!("{}: {e}", S::NAME))?;
         Ok(DecodedState(Box::new(state)))
+    }
+
+    fn handover_mode(&self) -> HandoverMode {
+        self.service.handover_mode()
     }
 
     fn prepare_handover(&self) -> Result<(), String> {

@@ -29,9 +29,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     if !status.upgrades.is_empty() {
         outln!("upgrades:");
         for u in &status.upgrades {
-            let gap = u.pause_gap_us.map(|g| format!("{:.2} ms", g as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+            let ms = |us: u64| us as f64 / 1000.0;
+            let mut gap = u.pause_gap_us.map(|g| format!("handover {:.2} ms", ms(g))).unwrap_or_else(|| "-".into());
+            if let Some(s) = u.session_gap.filter(|s| s.sessions > 0) {
+                gap += &format!(
+                    ", session gap p50 {:.2} / p99 {:.2} / max {:.2} ms",
+                    ms(s.p50_us),
+                    ms(s.p99_us),
+                    ms(s.max_us)
+                );
+            }
             outln!(
-                "  {} pid {} ({}) -> {} ({}) gap {gap}, {} sessions: {}",
+                "  {} pid {} ({}) -> {} ({}) {gap}, {} sessions: {}",
                 u.unix_ms,
                 u.old_pid,
                 u.old_version,

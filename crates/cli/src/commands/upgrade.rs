@@ -17,18 +17,28 @@ pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
             if args.json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
+                let g = &report.session_gap;
                 outln!(
-                    "upgraded: pid {} ({}) -> pid {} ({}), pause gap {:.2} ms, {} sessions moved",
+                    "upgraded: pid {} ({}) -> pid {} ({}), {} sessions moved in {} batches; \
+                     pause gap per session p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; total handover {:.2} ms",
                     report.old_pid,
                     report.old_version,
                     report.new_pid,
                     report.new_version,
-                    report.pause_gap_us as f64 / 1000.0,
-                    report.sessions_moved
+                    report.sessions_moved,
+                    report.batches,
+                    ms(g.p50_us),
+                    ms(g.p99_us),
+                    ms(g.max_us),
+                    ms(report.pause_gap_us)
                 );
             }
             Ok(())
         }
         Err(reason) => anyhow::bail!("upgrade failed, the old server is still serving: {reason}"),
     }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }

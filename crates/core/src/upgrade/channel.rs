@@ -99,11 +99,22 @@ impl UpgradeChannel {
     pub fn recv(&self, timeout: Duration) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         let tv = TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros().max(1) as i64);
         setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv).map_err(nix_err)?;
+        self.recv_flags(MsgFlags::MSG_CMSG_CLOEXEC)
+    }
+
+    /// Receives a message if one is waiting, without blocking. (A short
+    /// receive timeout is no substitute: the kernel rounds it up to a
+    /// scheduler tick, several milliseconds.)
+    pub fn try_recv(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        self.recv_flags(MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn recv_flags(&self, flags: MsgFlags) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
         let (len, fds) = loop {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
                 Ok(msg) => {
                     let mut fds = Vec::new();
                     for c in msg.cmsgs().map_err(nix_err)? {
@@ -176,5 +187,18 @@ mod tests {
         assert!(a.recv(Duration::from_millis(10)).unwrap().is_none());
         drop(b);
         assert!(a.recv(Duration::from_millis(10)).is_err());
+    }
+
+    #[test]
+    fn try_recv_does_not_wait() {
+        let (a, b) = UpgradeChannel::pair().unwrap();
+        let b = UpgradeChannel { fd: b };
+        let asked = std::time::Instant::now();
+        assert!(a.try_recv().unwrap().is_none());
+        assert!(asked.elapsed() < Duration::from_millis(2), "{:?}", asked.elapsed());
+        b.send(b"X", &[]).unwrap();
+        assert_eq!(a.try_recv().unwrap().unwrap().0, b"X");
+        drop(b);
+        assert!(a.try_recv().is_err());
     }
 }

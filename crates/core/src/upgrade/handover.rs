@@ -8,6 +8,12 @@
 //! bytes that were read but not parsed and bytes queued but not written —
 //! so those are carried verbatim without inflating the JSON.
 //!
+//! Since format 2 a handover is a stream of such blobs, one per batch
+//! (docs/upgrade.md): each names its own descriptors from index 0, says
+//! whether it is the last, and stamps each session with the moment it
+//! paused. A format-1 blob is a handover of one batch (`last` defaults to
+//! true), so a new release still takes over from the previous one.
+//!
 //! Compatibility: [`HANDOVER_FORMAT`] is the layout version; a new release
 //! must decode the blobs of the previous one (golden blobs under
 //! `tests/golden/` are decoded by a test). Add fields with
@@ -17,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::history::UpgradeRecord;
 
-pub const HANDOVER_FORMAT: u32 = 1;
+pub const HANDOVER_FORMAT: u32 = 2;
 /// Largest handover accepted (sessions' buffers included).
 pub const MAX_HANDOVER_BYTES: usize = 1 << 30;
 
@@ -30,8 +36,23 @@ pub struct Handover {
     pub pause_started_unix_us: u64,
     pub listeners: Vec<ListenerRecord>,
     pub sessions: Vec<SessionRecord>,
+    /// Sent with the last batch only.
     #[serde(default)]
     pub history: Vec<UpgradeRecord>,
+    /// Position in the stream, from 0 (format 2).
+    #[serde(default)]
+    pub batch: u32,
+    /// Whether this batch ends the handover (format 1: the only one).
+    #[serde(default = "only_batch")]
+    pub last: bool,
+    /// In batch 0: the services that will send sessions, so a build that
+    /// lacks one refuses before any session has moved (format 2).
+    #[serde(default)]
+    pub session_services: Vec<String>,
+}
+
+fn only_batch() -> bool {
+    true
 }
 
 /// A listening socket: TCP for a service, or the admin Unix socket.
@@ -54,6 +75,10 @@ pub struct SessionRecord {
     pub read_buf: (usize, usize),
     /// Unwritten output: `(offset, len)` in the raw area.
     pub pending_out: (usize, usize),
+    /// When the session paused, µs on `CLOCK_MONOTONIC` (format 2; 0:
+    /// unknown).
+    #[serde(default)]
+    pub paused_mono_us: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -164,8 +189,12 @@ mod tests {
                 state: serde_json::json!({"format": 1, "phase": {"phase": "idle"}}),
                 read_buf,
                 pending_out,
+                paused_mono_us: 123_456_789,
             }],
             history: vec![],
+            batch: 1,
+            last: false,
+            session_services: vec!["transfer".into()],
         };
         b.finish(&header).unwrap()
     }
@@ -209,6 +238,18 @@ mod tests {
         assert_eq!(s.fd, 2);
         assert_eq!(d.slice(s.read_buf).unwrap(), b"\x04\x00\x00");
         assert!(d.slice(s.pending_out).unwrap().ends_with(b"PAUSED upgrading"));
+        // Format 1 had one blob per handover: it is the last batch.
+        assert!(d.header.last);
+        assert_eq!((d.header.batch, s.paused_mono_us), (0, 0));
+
+        let v2 = std::fs::read(format!("{GOLDEN_DIR}/handover-v2.bin")).unwrap();
+        let d = DecodedHandover::decode(&v2, 3).unwrap();
+        assert_eq!(d.header.format, 2);
+        assert_eq!((d.header.batch, d.header.last), (1, false));
+        assert_eq!(d.header.session_services, vec!["transfer".to_string()]);
+        let s = &d.header.sessions[0];
+        assert_eq!((s.service.as_str(), s.fd, s.paused_mono_us), ("transfer", 2, 123_456_789));
+        assert_eq!(d.slice(s.read_buf).unwrap(), b"\x04\x00\x00");
     }
 
     /// Regenerates the golden blob of the current format:
@@ -232,6 +273,9 @@ mod tests {
             listeners: vec![],
             sessions: vec![],
             history: vec![],
+            batch: 0,
+            last: true,
+            session_services: vec![],
         };
         let blob = b.finish(&header).unwrap();
         assert!(matches!(DecodedHandover::decode(&blob, 0), Err(HandoverError::Format { .. })));

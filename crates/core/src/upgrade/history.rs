@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::gaps::GapSummary;
+
 /// Upgrades remembered.
 pub const MAX_HISTORY: usize = 100;
 
@@ -15,9 +17,13 @@ pub struct UpgradeRecord {
     pub new_pid: Option<u32>,
     pub new_version: Option<String>,
     pub binary: String,
-    /// From asking sessions to pause to every session resumed, µs.
+    /// The total handover time, µs: from the first pause (the first
+    /// accept loop stopped) to every session resumed in the new process.
     pub pause_gap_us: Option<u64>,
     pub sessions_moved: usize,
+    /// Per-session pause gaps of a successful upgrade.
+    #[serde(default)]
+    pub session_gap: Option<GapSummary>,
     /// `ok`, or `rolled back: <reason>` / `failed: <reason>`.
     pub outcome: String,
 }

@@ -2,13 +2,20 @@
 //! session's state to a new executable (docs/upgrade.md).
 //!
 //! The old process starts the new one with one end of a `SOCK_SEQPACKET`
-//! pair ([`channel`]), waits for `INIT`, pauses every session at a safe
-//! point, sends the descriptors and one [`handover`] blob, and exits once
-//! the new process says `READY`. Anything else — the new process exits,
-//! hangs, or refuses the blob — rolls back: the old process resumes its own
-//! sessions and listeners.
+//! pair ([`channel`]), waits for `INIT`, then streams the handover in
+//! batches ([`batches`]): the listeners of the streamed services first,
+//! then their sessions a few at a time while the others keep serving, and
+//! last everything else (the all-at-once services' listeners and sessions,
+//! the admin socket). Each batch is descriptors plus one [`handover`]
+//! blob. The old process exits once the new one says `READY`. Anything
+//! else — the new process exits, hangs, or refuses a batch — rolls back:
+//! the old process resumes every session and listener, those it already
+//! sent included, from the copies it keeps until `READY`.
 
+pub mod batches;
 pub mod channel;
+pub mod clock;
+pub mod gaps;
 pub mod handover;
 pub mod history;
 mod new_side;
@@ -16,6 +23,9 @@ mod old_side;
 pub mod sd_notify;
 
 use serde::{Deserialize, Serialize};
+
+use gaps::GapSummary;
+pub use new_side::{REFUSE_BATCH_ENV, REFUSE_HANDOVER_ENV};
 
 pub(crate) use new_side::adopt;
 pub(crate) use old_side::hand_over;
@@ -27,8 +37,22 @@ pub struct UpgradeReport {
     pub old_version: String,
     pub new_pid: u32,
     pub new_version: String,
+    /// The total handover time, µs: from the old process stopping its
+    /// first accept loop to the new process having resumed every session
+    /// (wall clock). Before streamed handovers this was every session's gap.
     pub pause_gap_us: u64,
     pub sessions_moved: usize,
+    /// Each moved session's own pause gap: from its pause in the old process
+    /// to its task's first run in the new one.
+    #[serde(default)]
+    pub session_gap: GapSummary,
+    /// Batches the handover took (listeners first, the final group last).
+    #[serde(default)]
+    pub batches: u32,
+    /// The gaps themselves, µs, sorted (at most [`gaps::MAX_REPORTED_GAPS`]
+    /// evenly spread ones), so a benchmark can pool them over upgrades.
+    #[serde(default)]
+    pub session_gaps_us: Vec<u64>,
 }
 
 /// Messages on the upgrade channel: a tag byte and a payload.
@@ -41,8 +65,12 @@ pub(crate) enum Message {
     /// Old → new: the blob follows in chunks, this many bytes in all.
     Blob(u64),
     Chunk(Vec<u8>),
-    /// Old → new: everything was sent.
+    /// Old → new: everything was sent (of this batch).
     End,
+    /// New → old: batch N (not the last) is resumed here; the old process
+    /// pauses the next one only then, so batches never queue up in the
+    /// channel while their sessions wait.
+    Took(u32),
     /// New → old: serving; carries a JSON [`ReadyInfo`].
     Ready(Vec<u8>),
     /// New → old: cannot take over, and why.
@@ -55,6 +83,12 @@ pub(crate) struct ReadyInfo {
     pub version: String,
     pub pause_gap_us: u64,
     pub sessions: usize,
+    #[serde(default)]
+    pub session_gap: GapSummary,
+    #[serde(default)]
+    pub batches: u32,
+    #[serde(default)]
+    pub session_gaps_us: Vec<u64>,
 }
 
 impl Message {
@@ -65,6 +99,7 @@ impl Message {
             Message::Blob(len) => return [&[b'B'][..], &len.to_be_bytes()].concat(),
             Message::Chunk(b) => (b'C', b),
             Message::End => (b'E', &[]),
+            Message::Took(batch) => return [&[b'T'][..], &batch.to_be_bytes()].concat(),
             Message::Ready(b) => (b'R', b),
             Message::Refuse(r) => (b'X', r.as_bytes()),
         };
@@ -83,6 +118,10 @@ impl Message {
             }
             b'C' => Message::Chunk(body.to_vec()),
             b'E' => Message::End,
+            b'T' => {
+                let batch: [u8; 4] = body.try_into().map_err(|_| "bad TOOK message")?;
+                Message::Took(u32::from_be_bytes(batch))
+            }
             b'R' => Message::Ready(body.to_vec()),
             b'X' => Message::Refuse(text()?),
             other => return Err(format!("unknown upgrade message tag 0x{other:02x}")),
@@ -108,6 +147,7 @@ mod tests {
             Message::Blob(1 << 40),
             Message::Chunk(vec![1, 2, 3]),
             Message::End,
+            Message::Took(7),
             Message::Ready(b"{}".to_vec()),
             Message::Refuse("no".into()),
         ] {
@@ -115,5 +155,6 @@ mod tests {
         }
         assert!(Message::decode(b"").is_err());
         assert!(Message::decode(b"Z").is_err());
+        assert!(Message::decode(b"T\x00").is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The old process's side of a live upgrade.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::task::JoinHandle;
 
+use super::batches::{BATCH_SESSIONS, BATCH_TRANSFERRING, MAX_BATCHES, next_batch};
 use super::channel::{MAX_FDS_PER_MESSAGE, MAX_MESSAGE, UPGRADE_FD_ENV, UpgradeChannel};
 use super::handover::{HANDOVER_FORMAT, Handover, HandoverBuilder, ListenerRecord, SessionRecord};
 use super::history::UpgradeRecord;
@@ -16,15 +19,18 @@ use super::{Message, ReadyInfo, UpgradeReport, now_unix_us};
 use crate::listener::ParkedSession;
 use crate::pause::PauseReason;
 use crate::registry::now_unix_ms;
-use crate::server::{Running, Runtime};
+use crate::server::{AcceptLoop, Running, Runtime};
+use crate::service::HandoverMode;
 use crate::service_table::ServiceEntry;
 use crate::version::version;
 
-/// How long sessions get to reach a safe point.
+/// How long the sessions of one batch (or of the final group) get to reach
+/// a safe point.
 const PAUSE_LIMIT: Duration = Duration::from_secs(10);
 
-/// Everything paused, as plain descriptors: sent to the new process, or
-/// restored here on rollback.
+/// Paused listeners and sessions as plain descriptors: sent to the new
+/// process, and kept here until `READY` so that a rollback can resume them.
+#[derive(Default)]
 struct Bundle {
     listeners: Vec<(Arc<dyn ServiceEntry>, OwnedFd, String)>,
     admin: Option<OwnedFd>,
@@ -37,11 +43,19 @@ struct BundledSession {
     state: serde_json::Value,
     read_buf: Vec<u8>,
     pending_out: Vec<u8>,
+    paused_mono_us: u64,
 }
 
-/// Hands every listener and session to `binary`. On success the caller
-/// exits; on failure everything has been resumed here and the reason is
-/// returned with the new `Running`.
+/// The new process, as the old one drives it.
+struct Peer {
+    channel: Arc<UpgradeChannel>,
+    child: Child,
+    deadline: Instant,
+}
+
+/// Hands every listener and session to `binary`, streamed (module docs).
+/// On success the caller exits; on failure everything has been resumed
+/// here and the reason is returned with the new `Running`.
 pub(crate) async fn hand_over(
     rt: &mut Runtime,
     running: Running,
@@ -58,6 +72,7 @@ pub(crate) async fn hand_over(
         binary: binary.display().to_string(),
         pause_gap_us: None,
         sessions_moved: 0,
+        session_gap: None,
         outcome: String::new(),
     };
 
@@ -67,39 +82,148 @@ pub(crate) async fn hand_over(
         Err(reason) => return Err(fail(rt, record, reason, running)),
     };
     record.new_pid = Some(child.id());
-    let channel = Arc::new(channel);
+    let mut peer = Peer { channel: Arc::new(channel), child, deadline };
 
     // 2. It loads its config and prepares its stores, then says INIT.
-    let mut child = child;
-    match wait_message(&channel, &mut child, deadline).await {
+    match wait_message(&peer.channel, &mut peer.child, deadline).await {
         Ok(Message::Init(v)) => record.new_version = Some(v),
         Ok(Message::Refuse(why)) => {
-            kill(&mut child);
+            kill(&mut peer.child);
             return Err(fail(rt, record, format!("the new process refused to start: {why}"), running));
         }
         Ok(other) => {
-            kill(&mut child);
+            kill(&mut peer.child);
             return Err(fail(rt, record, format!("unexpected message from the new process: {other:?}"), running));
         }
         Err(reason) => {
-            kill(&mut child);
+            kill(&mut peer.child);
             return Err(fail(rt, record, reason, running));
         }
     }
 
-    // 3. Pause every session at a safe point.
+    // 3. Batch 0: the streamed services stop accepting and their listeners
+    //    go first, so the new process accepts from now on (same sockets:
+    //    nothing is refused meanwhile).
     let pause_started = now_unix_us();
     let t_pause = Instant::now();
-    let pause_limit = PAUSE_LIMIT.min(deadline.saturating_duration_since(Instant::now()));
-    let (listeners, admin, parked, left) = rt.pause_all(running, PauseReason::Upgrade, pause_limit).await;
-    let paused_in = t_pause.elapsed();
-    let bundle = bundle(listeners, admin, parked);
-    if left > 0 {
-        kill(&mut child);
-        let reason = format!("{left} sessions did not reach a safe point within {pause_limit:?}");
-        return Err(rollback(rt, record, reason, bundle));
+    let streamed: BTreeSet<&'static str> =
+        rt.services.iter().filter(|e| e.handover_mode() == HandoverMode::Streamed).map(|e| e.name()).collect();
+    let header = |batch: u32, last: bool| Handover {
+        format: HANDOVER_FORMAT,
+        old_pid: std::process::id(),
+        old_version: version().to_string(),
+        pause_started_unix_us: pause_started,
+        listeners: vec![],
+        sessions: vec![],
+        history: vec![],
+        batch,
+        last,
+        session_services: vec![],
+    };
+    let Running { loops, admin } = running;
+    let (early, rest): (Vec<AcceptLoop>, Vec<AcceptLoop>) =
+        loops.into_iter().partition(|l| streamed.contains(l.entry.name()));
+    for accept in &early {
+        accept.stop.pause(PauseReason::Upgrade);
     }
-    record.sessions_moved = bundle.sessions.len();
+    let mut first = Bundle::default();
+    for accept in early {
+        match accept.task.await {
+            Ok(listener) => first.add_listener(accept.entry, listener),
+            Err(e) => tracing::error!("accept loop of {} failed: {e}", accept.entry.name()),
+        }
+    }
+    let mut held = Bundle::default();
+    let mut h0 = header(0, false);
+    h0.session_services = rt.ctx.sessions.services().into_iter().map(str::to_string).collect();
+    held.append(first);
+    let sent = match send_batch(&peer, &held, h0).await {
+        Ok(()) => peer.taken(0).await,
+        Err(reason) => Err(reason),
+    };
+    if let Err(reason) = sent {
+        return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
+    }
+
+    // 4. The streamed services' sessions, a batch at a time, transferring
+    //    ones first; the others keep serving meanwhile.
+    let mut asked = BTreeSet::new();
+    let mut batch = 0u32;
+    loop {
+        let running_ids = rt.ctx.sessions.ids_where(|s| streamed.contains(s));
+        let transferring: BTreeSet<u64> = rt.ctx.registry.transfers().iter().map(|t| t.session).collect();
+        let ids = next_batch(&running_ids, &transferring, &asked, BATCH_TRANSFERRING, BATCH_SESSIONS);
+        if ids.is_empty() {
+            break;
+        }
+        batch += 1;
+        if batch >= MAX_BATCHES {
+            let reason = format!("sessions kept appearing: more than {MAX_BATCHES} batches");
+            return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
+        }
+        asked.extend(ids.iter().copied());
+        let t_batch = Instant::now();
+        rt.ctx.sessions.pause(&ids, PauseReason::Upgrade);
+        let pause_limit = PAUSE_LIMIT.min(peer.left());
+        let (parked, left) = collect(rt, &ids, pause_limit).await;
+        let mut this = Bundle::default();
+        this.add_sessions(parked);
+        record.sessions_moved += this.sessions.len();
+        if left > 0 {
+            held.append(this);
+            let reason = format!("{left} sessions did not reach a safe point within {pause_limit:?}");
+            return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
+        }
+        if this.sessions.is_empty() {
+            // They all closed instead of pausing.
+            batch -= 1;
+            continue;
+        }
+        let parked_in = t_batch.elapsed();
+        let sent = send_batch(&peer, &this, header(batch, false)).await;
+        let sent_in = t_batch.elapsed();
+        let sent = match sent {
+            Ok(()) => peer.taken(batch).await,
+            Err(reason) => Err(reason),
+        };
+        tracing::debug!(
+            batch,
+            sessions = this.sessions.len(),
+            parked_us = parked_in.as_micros() as u64,
+            sent_us = sent_in.as_micros() as u64,
+            taken_us = t_batch.elapsed().as_micros() as u64,
+            "sent a handover batch"
+        );
+        held.append(this);
+        if let Err(reason) = sent {
+            return Err(rollback(rt, record, reason, Some(peer), held, rest, Some(admin)));
+        }
+    }
+    let streamed_in = t_pause.elapsed();
+
+    // 5. The final group: every other session (the all-at-once services',
+    //    and any straggler) pauses at once, the stores stop writing, and
+    //    the remaining listeners and the admin socket go with them.
+    let pause_limit = PAUSE_LIMIT.min(peer.left());
+    let (listeners, admin, parked, left) =
+        rt.pause_all(Running { loops: rest, admin }, PauseReason::Upgrade, pause_limit).await;
+    let mut last = Bundle::default();
+    for (entry, listener) in listeners {
+        last.add_listener(entry, listener);
+    }
+    if let Some(admin) = admin {
+        match admin.into_std() {
+            Ok(std) => last.admin = Some(OwnedFd::from(std)),
+            Err(e) => tracing::error!("cannot detach the admin listener: {e}"),
+        }
+    }
+    last.add_sessions(parked);
+    record.sessions_moved += last.sessions.len();
+    if left > 0 {
+        held.append(last);
+        let reason = format!("{left} sessions did not reach a safe point within {pause_limit:?}");
+        return Err(rollback(rt, record, reason, Some(peer), held, vec![], None));
+    }
     // Stores stop writing so the new process can take over their files.
     let prepared: Vec<Arc<dyn ServiceEntry>> = rt.services.clone();
     let flushed = tokio::task::spawn_blocking(move || {
@@ -112,71 +236,58 @@ pub(crate) async fn hand_over(
     .map_err(|e| e.to_string())
     .and_then(|r| r);
     if let Err(reason) = flushed {
-        kill(&mut child);
-        return Err(rollback(rt, record, format!("cannot prepare the stores: {reason}"), bundle));
+        held.append(last);
+        return Err(rollback(
+            rt,
+            record,
+            format!("cannot prepare the stores: {reason}"),
+            Some(peer),
+            held,
+            vec![],
+            None,
+        ));
     }
-
-    // 4. Send descriptors and the blob.
-    let header = Handover {
-        format: HANDOVER_FORMAT,
-        old_pid: std::process::id(),
-        old_version: version().to_string(),
-        pause_started_unix_us: pause_started,
-        listeners: vec![],
-        sessions: vec![],
-        history: rt.history(),
-    };
-    let (blob, fds) = match encode(&bundle, header) {
-        Ok(encoded) => encoded,
-        Err(reason) => {
-            kill(&mut child);
-            return Err(rollback(rt, record, reason, bundle));
-        }
-    };
-    let encoded_in = t_pause.elapsed();
-    let blob_len = blob.len();
-    let sender = channel.clone();
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-    let sent = tokio::task::spawn_blocking(move || send_all(&sender, &fds, &blob, remaining)).await;
+    batch += 1;
+    let mut final_header = header(batch, true);
+    final_header.history = rt.history();
+    let sent = send_batch(&peer, &last, final_header).await;
+    let final_sessions = last.sessions.len();
+    held.append(last);
+    if let Err(reason) = sent {
+        return Err(rollback(rt, record, reason, Some(peer), held, vec![], None));
+    }
     let sent_in = t_pause.elapsed();
-    if let Err(reason) = sent.map_err(|e| e.to_string()).and_then(|r| r) {
-        kill(&mut child);
-        return Err(rollback(rt, record, format!("cannot send the handover: {reason}"), bundle));
-    }
 
-    // 5. The new process resumes everything and says READY.
-    let info = match wait_message(&channel, &mut child, deadline).await {
+    // 6. The new process resumes the last batch and says READY.
+    let info = match wait_message(&peer.channel, &mut peer.child, deadline).await {
         Ok(Message::Ready(json)) => match serde_json::from_slice::<ReadyInfo>(&json) {
             Ok(info) => info,
             Err(e) => {
-                kill(&mut child);
-                return Err(rollback(rt, record, format!("malformed READY: {e}"), bundle));
+                let reason = format!("malformed READY: {e}");
+                return Err(rollback(rt, record, reason, Some(peer), held, vec![], None));
             }
         },
         Ok(Message::Refuse(why)) => {
-            kill(&mut child);
-            return Err(rollback(rt, record, format!("the new process refused the handover: {why}"), bundle));
+            let reason = format!("the new process refused the handover: {why}");
+            return Err(rollback(rt, record, reason, Some(peer), held, vec![], None));
         }
         Ok(other) => {
-            kill(&mut child);
-            return Err(rollback(rt, record, format!("unexpected message from the new process: {other:?}"), bundle));
+            let reason = format!("unexpected message from the new process: {other:?}");
+            return Err(rollback(rt, record, reason, Some(peer), held, vec![], None));
         }
-        Err(reason) => {
-            kill(&mut child);
-            return Err(rollback(rt, record, reason, bundle));
-        }
+        Err(reason) => return Err(rollback(rt, record, reason, Some(peer), held, vec![], None)),
     };
     tracing::info!(
         sessions = record.sessions_moved,
-        blob_bytes = blob_len,
-        paused_us = paused_in.as_micros() as u64,
-        encoded_us = encoded_in.as_micros() as u64,
+        batches = batch + 1,
+        final_sessions,
+        streamed_us = streamed_in.as_micros() as u64,
         sent_us = sent_in.as_micros() as u64,
         ready_us = t_pause.elapsed().as_micros() as u64,
-        "handover phases (from the pause)"
+        "handover phases (from the first pause)"
     );
     // The new process owns everything now; our copies close as we exit.
-    drop(bundle);
+    drop(held);
     Ok(UpgradeReport {
         old_pid: std::process::id(),
         old_version: version().to_string(),
@@ -184,7 +295,110 @@ pub(crate) async fn hand_over(
         new_version: info.version,
         pause_gap_us: info.pause_gap_us,
         sessions_moved: info.sessions,
+        session_gap: info.session_gap,
+        batches: info.batches,
+        session_gaps_us: info.session_gaps_us,
     })
+}
+
+impl Bundle {
+    fn add_listener(&mut self, entry: Arc<dyn ServiceEntry>, listener: TcpListener) {
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        match listener.into_std() {
+            Ok(std) => self.listeners.push((entry, OwnedFd::from(std), addr)),
+            Err(e) => tracing::error!("cannot detach the {} listener: {e}", entry.name()),
+        }
+    }
+
+    fn add_sessions(&mut self, parked: Vec<ParkedSession>) {
+        for p in parked {
+            let state = match serde_json::from_slice(&p.state) {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::error!("{} session state is not JSON: {e}", p.service);
+                    continue;
+                }
+            };
+            match p.conn.stream.into_std() {
+                Ok(std) => self.sessions.push(BundledSession {
+                    service: p.service,
+                    fd: OwnedFd::from(std),
+                    state,
+                    read_buf: p.conn.read_buf,
+                    pending_out: p.conn.pending_out,
+                    paused_mono_us: p.paused_mono_us,
+                }),
+                Err(e) => tracing::error!("cannot detach a {} connection: {e}", p.service),
+            }
+        }
+    }
+
+    fn append(&mut self, mut other: Bundle) {
+        self.listeners.append(&mut other.listeners);
+        if other.admin.is_some() {
+            debug_assert!(self.admin.is_none(), "the admin socket is sent once");
+            self.admin = other.admin;
+        }
+        self.sessions.append(&mut other.sessions);
+    }
+}
+
+impl Peer {
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Waits until the new process has resumed `batch` (or dies, refuses,
+    /// or runs out of time): one batch in flight at a time, so that no
+    /// batch waits in the channel while its sessions are paused.
+    async fn taken(&mut self, batch: u32) -> Result<(), String> {
+        match wait_message(&self.channel, &mut self.child, self.deadline).await? {
+            Message::Took(b) if b == batch => Ok(()),
+            Message::Refuse(why) => Err(format!("the new process refused the handover: {why}")),
+            other => Err(format!("unexpected message from the new process: {other:?}")),
+        }
+    }
+}
+
+/// Waits until each of `ids` has parked (and been delivered) or ended, at
+/// most `limit`. Returns the parked sessions and how many are still running.
+async fn collect(rt: &mut Runtime, ids: &[u64], limit: Duration) -> (Vec<ParkedSession>, usize) {
+    let deadline = Instant::now() + limit;
+    let mut parked: Vec<ParkedSession> = Vec::with_capacity(ids.len());
+    loop {
+        while let Ok(p) = rt.parked.try_recv() {
+            parked.push(p);
+        }
+        // A session leaves the table only after delivering itself, so one
+        // gone from it is either in `parked` by now or closed.
+        let running = ids.iter().filter(|id| !parked.iter().any(|p| p.id == **id) && rt.ctx.sessions.contains(**id));
+        let left = running.count();
+        if left == 0 {
+            while let Ok(p) = rt.parked.try_recv() {
+                parked.push(p);
+            }
+            return (parked, 0);
+        }
+        if Instant::now() >= deadline {
+            return (parked, left);
+        }
+        tokio::select! {
+            Some(p) = rt.parked.recv() => parked.push(p),
+            _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+        }
+    }
+}
+
+/// Encodes `bundle` under `header` and sends its descriptors and blob.
+async fn send_batch(peer: &Peer, bundle: &Bundle, header: Handover) -> Result<(), String> {
+    let (blob, fds) = encode(bundle, header)?;
+    let sender = peer.channel.clone();
+    let remaining = peer.left().max(Duration::from_millis(100));
+    tokio::task::spawn_blocking(move || send_all(&sender, &fds, &blob, remaining))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| format!("cannot send the handover: {e}"))
 }
 
 fn start(rt: &Runtime, binary: &Path) -> Result<(UpgradeChannel, Child), String> {
@@ -249,47 +463,6 @@ fn fail(rt: &Runtime, mut record: UpgradeRecord, reason: String, running: Runnin
     (reason, running)
 }
 
-fn bundle(
-    listeners: Vec<(Arc<dyn ServiceEntry>, TcpListener)>,
-    admin: Option<UnixListener>,
-    parked: Vec<ParkedSession>,
-) -> Bundle {
-    let mut bundle = Bundle { listeners: Vec::new(), admin: None, sessions: Vec::new() };
-    for (entry, listener) in listeners {
-        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        match listener.into_std() {
-            Ok(std) => bundle.listeners.push((entry, OwnedFd::from(std), addr)),
-            Err(e) => tracing::error!("cannot detach the {} listener: {e}", entry.name()),
-        }
-    }
-    if let Some(admin) = admin {
-        match admin.into_std() {
-            Ok(std) => bundle.admin = Some(OwnedFd::from(std)),
-            Err(e) => tracing::error!("cannot detach the admin listener: {e}"),
-        }
-    }
-    for p in parked {
-        let state = match serde_json::from_slice(&p.state) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::error!("{} session state is not JSON: {e}", p.service);
-                continue;
-            }
-        };
-        match p.conn.stream.into_std() {
-            Ok(std) => bundle.sessions.push(BundledSession {
-                service: p.service,
-                fd: OwnedFd::from(std),
-                state,
-                read_buf: p.conn.read_buf,
-                pending_out: p.conn.pending_out,
-            }),
-            Err(e) => tracing::error!("cannot detach a {} connection: {e}", p.service),
-        }
-    }
-    bundle
-}
-
 fn encode(bundle: &Bundle, mut header: Handover) -> Result<(Vec<u8>, Vec<RawFd>), String> {
     let mut fds = Vec::new();
     let mut raw = HandoverBuilder::default();
@@ -308,6 +481,7 @@ fn encode(bundle: &Bundle, mut header: Handover) -> Result<(Vec<u8>, Vec<RawFd>)
             state: s.state.clone(),
             read_buf: raw.bytes(&s.read_buf),
             pending_out: raw.bytes(&s.pending_out),
+            paused_mono_us: s.paused_mono_us,
         });
         fds.push(s.fd.as_raw_fd());
     }
@@ -328,38 +502,58 @@ fn send_all(channel: &UpgradeChannel, fds: &[RawFd], blob: &[u8], timeout: Durat
     channel.send(&Message::End.encode(), &[]).map_err(err)
 }
 
-/// The upgrade failed after sessions paused: resume everything here.
-fn rollback(rt: &mut Runtime, mut record: UpgradeRecord, reason: String, bundle: Bundle) -> (String, Running) {
+/// The upgrade failed after something paused: stop the new process, then
+/// resume here every session and listener — those not yet sent, and those
+/// sent, from the copies and states kept since (docs/upgrade.md, Rollback).
+/// `loops` and `admin` are what still runs here.
+fn rollback(
+    rt: &mut Runtime,
+    mut record: UpgradeRecord,
+    reason: String,
+    peer: Option<Peer>,
+    held: Bundle,
+    loops: Vec<AcceptLoop>,
+    admin: Option<JoinHandle<UnixListener>>,
+) -> (String, Running) {
     tracing::warn!("rolling back the upgrade: {reason}");
+    // First: once it is gone, no other process can touch these sockets.
+    if let Some(mut peer) = peer {
+        kill(&mut peer.child);
+    }
     for entry in &rt.services {
         entry.resume_after_rollback();
     }
     rt.pause.resume();
-    // Sessions that parked after the pause deadline are resumed by the run
+    rt.ctx.sessions.resume_all();
+    // Sessions that parked after their deadline are resumed by the run
     // loop as stragglers.
-    let mut loops = Vec::new();
-    for (entry, fd, _) in bundle.listeners {
+    let mut loops = loops;
+    for (entry, fd, _) in held.listeners {
         let std = std::net::TcpListener::from(fd);
         match TcpListener::from_std(std) {
-            Ok(listener) => loops.push((entry.clone(), entry.spawn_accept(listener, rt.ctx.clone()))),
+            Ok(listener) => loops.push(rt.spawn_accept(entry, listener)),
             Err(e) => tracing::error!("cannot restore the {} listener: {e}", entry.name()),
         }
     }
-    let admin_listener = bundle
-        .admin
-        .and_then(|fd| UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)).ok())
-        .or_else(|| {
-            let _ = std::fs::remove_file(rt.data.socket());
-            UnixListener::bind(rt.data.socket()).ok()
-        });
-    let admin = match admin_listener {
-        Some(listener) => rt.spawn_admin(listener),
-        None => {
-            tracing::error!("the admin socket could not be restored");
-            tokio::spawn(std::future::pending())
+    let admin = match (admin, held.admin) {
+        (Some(running), _) => running,
+        (None, fd) => {
+            let admin_listener = fd
+                .and_then(|fd| UnixListener::from_std(std::os::unix::net::UnixListener::from(fd)).ok())
+                .or_else(|| {
+                    let _ = std::fs::remove_file(rt.data.socket());
+                    UnixListener::bind(rt.data.socket()).ok()
+                });
+            match admin_listener {
+                Some(listener) => rt.spawn_admin(listener),
+                None => {
+                    tracing::error!("the admin socket could not be restored");
+                    tokio::spawn(std::future::pending())
+                }
+            }
         }
     };
-    for s in bundle.sessions {
+    for s in held.sessions {
         let Some(entry) = rt.services.iter().find(|e| e.name() == s.service).cloned() else { continue };
         let std = std::net::TcpStream::from(s.fd);
         let resumed = TcpStream::from_std(std).map_err(|e| e.to_string()).and_then(|stream| {

@@ -71,6 +71,7 @@ pub(super) async fn start(
         sent: offset,
         acked: offset,
         done_sent: false,
+        blake3: None,
     };
     Step::Next(Phase::Get(state), Some(Opened::Get(Arc::new(file))))
 }
@@ -113,6 +114,11 @@ pub(super) async fn run(
     };
     let cached = cached_content(svc, &name, &etag, st.size, &file).await;
     if resumed {
+        // The file is still at `etag` (reopened above): its digest from the
+        // process that paused saves hashing it again.
+        if let Some(hash) = st.blake3.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok()) {
+            svc.hashes.insert(&name, etag.clone(), hash);
+        }
         ctx.handle.begin_transfer(TransferKind::Get, &st.name, Some(st.size), st.start_offset);
         ctx.handle.progress(st.acked);
         announce_resume(conn);
@@ -146,6 +152,7 @@ pub(super) async fn run(
                 task.abort();
             }
             if !st.done_sent {
+                st.blake3 = svc.hashes.known(&name, &etag).map(|h| h.to_hex().to_string());
                 while let Some(&len) = queued.back() {
                     let frame = crate::frame::HEADER_LEN as u64 + crate::frame::DATA_OVERHEAD as u64 + len;
                     if (conn.pending_out() as u64) < frame {

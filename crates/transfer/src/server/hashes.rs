@@ -30,6 +30,11 @@ impl HashService {
         self.cache.insert(name, etag, hash);
     }
 
+    /// The digest of `name` at `etag`, if already known.
+    pub fn known(&self, name: &SafeName, etag: &Etag) -> Option<blake3::Hash> {
+        self.cache.get(name, etag)
+    }
+
     /// The digest of `file`, known to be `name` at `etag`.
     pub async fn hash(&self, name: &SafeName, etag: &Etag, file: Arc<File>) -> Result<blake3::Hash, String> {
         if let Some(hash) = self.cache.get(name, etag) {

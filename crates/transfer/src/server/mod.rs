@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::config::{BackupConfig, TransferConfig};
-use ferry_core::{Conn, Service, SessionCtx, SessionEnd};
+use ferry_core::{Conn, HandoverMode, Service, SessionCtx, SessionEnd};
 use ferry_files::{FileCache, FileStore};
 
 pub use hashes::HashService;
@@ -119,6 +119,16 @@ impl Service for TransferService {
         ctx: SessionCtx,
     ) -> impl Future<Output = SessionEnd<SessionState>> + Send {
         session::run(self, conn, resume, ctx)
+    }
+
+    /// Streamed: a transfer session shares only the file store, which both
+    /// processes see on disk (a GET's cache entry is keyed by the file's
+    /// etag, so a GET in the old process never serves bytes older than a
+    /// PUT the new one has stored). Not while backup nodes are known: a PUT
+    /// is mirrored through the process's own registry of nodes and feeds,
+    /// so feeds and PUTs move together, all at once.
+    fn handover_mode(&self) -> HandoverMode {
+        if self.backups.status().is_empty() { HandoverMode::Streamed } else { HandoverMode::AllAtOnce }
     }
 
     fn check_state(&self, state: &SessionState) -> Result<(), String> {

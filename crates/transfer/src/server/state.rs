@@ -54,6 +54,12 @@ pub struct GetState {
     pub acked: u64,
     /// Whether `DONE` was queued.
     pub done_sent: bool,
+    /// The file's BLAKE3 (hex) if it was known when the GET paused, so
+    /// that the process continuing it does not hash the file again (the
+    /// digest cache stays behind in a live upgrade). Trusted only for
+    /// `etag`, which the resumed GET checks first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 /// A PUT in progress. The partial upload file holds `written` bytes.
@@ -125,6 +131,15 @@ mod tests {
 
     const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
 
+    #[test]
+    fn a_get_carries_its_digest_only_when_known() {
+        let Phase::Get(mut get) = samples().swap_remove(1).phase else { panic!("sample 1 is a GET") };
+        assert!(!serde_json::to_string(&get).unwrap().contains("blake3"), "unchanged when unknown");
+        get.blake3 = Some(blake3::hash(b"x").to_hex().to_string());
+        let back: GetState = serde_json::from_str(&serde_json::to_string(&get).unwrap()).unwrap();
+        assert_eq!(back, get);
+    }
+
     fn samples() -> Vec<SessionState> {
         let checkpoint = ferry_files::ResumableHash::new().checkpoint();
         vec![
@@ -137,6 +152,7 @@ mod tests {
                 sent: 300 << 20,
                 acked: 292 << 20,
                 done_sent: false,
+                blake3: None,
             })),
             SessionState::new(Phase::Put(PutState {
                 name: "up/new.bin".into(),
