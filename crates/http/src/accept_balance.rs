@@ -6,10 +6,15 @@
 //! could take nearly all of them, and a keep-alive connection stays on the
 //! worker that accepted it for its whole life: one CPU busy, the other idle
 //! (measured: 83 % of the CPU time on one of two workers). So a worker that
-//! holds [`MAX_LEAD`] connections more than the least loaded worker pauses
-//! for [`LEAD_PAUSE`] before its next accept, which lets the others take the
-//! queued connections. If they do not (busy, or not scheduled), it accepts
-//! after the pause anyway: nothing waits longer than that.
+//! holds more than [`MAX_LEAD`] connections, and more than a quarter, over
+//! the least loaded worker pauses for [`LEAD_PAUSE`] before its next accept,
+//! which lets the others take the queued connections. If they do not (busy,
+//! or not scheduled), it accepts after the pause anyway: nothing waits
+//! longer than that. Short-lived connections (one request each) keep the
+//! counts low and swinging by a few all the time; pausing at every swing
+//! cost such a load most of its req/s. So a worker with fewer than
+//! [`BALANCE_FROM`] connections never pauses, and past a few connections
+//! the lead that counts is a quarter.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +23,8 @@ use std::time::Duration;
 /// How far a worker may be ahead of the least loaded one and still accept
 /// at once.
 pub const MAX_LEAD: usize = 2;
+/// Below this many open connections a worker never pauses.
+pub const BALANCE_FROM: usize = 8;
 /// How long a worker that is ahead leaves the accept queue to the others.
 pub const LEAD_PAUSE: Duration = Duration::from_millis(1);
 
@@ -48,13 +55,14 @@ pub struct Seat {
 }
 
 impl Seat {
-    /// Whether this worker holds more than [`MAX_LEAD`] connections over the
-    /// least loaded other worker.
+    /// Whether this worker holds at least [`BALANCE_FROM`] connections and
+    /// more than [`MAX_LEAD`], and more than a quarter, over the least
+    /// loaded other worker.
     pub fn is_ahead(&self) -> bool {
         let open = &self.balance.open;
         let mine = open[self.index].load(Ordering::Relaxed);
         let least = (0..open.len()).filter(|&i| i != self.index).map(|i| open[i].load(Ordering::Relaxed)).min();
-        least.is_some_and(|least| mine > least + MAX_LEAD)
+        mine >= BALANCE_FROM && least.is_some_and(|least| mine > least + MAX_LEAD.max(least / 4))
     }
 
     /// Counts one connection on this worker until the guard drops.
@@ -83,19 +91,25 @@ mod tests {
     fn a_worker_is_ahead_only_past_the_lead_over_the_least_loaded() {
         let balance = AcceptBalance::new(3);
         let (a, b, c) = (balance.seat(0), balance.seat(1), balance.seat(2));
-        let mut held: Vec<Held> = (0..MAX_LEAD).map(|_| a.opened()).collect();
-        assert!(!a.is_ahead(), "{} over the others is within the lead", MAX_LEAD);
+        let mut held: Vec<Held> = (0..BALANCE_FROM - 1).map(|_| a.opened()).collect();
+        assert!(!a.is_ahead(), "too few connections to pause for");
         held.push(a.opened());
-        assert!(a.is_ahead());
+        assert!(a.is_ahead(), "{BALANCE_FROM} against none");
         assert!(!b.is_ahead() && !c.is_ahead());
-        // The least loaded counts, not the average.
-        held.extend((0..10).map(|_| b.opened()));
-        assert!(a.is_ahead(), "c still has none");
-        held.push(c.opened());
-        assert!(!a.is_ahead());
-        assert!(b.is_ahead());
+        held.extend((0..BALANCE_FROM - MAX_LEAD - 1).map(|_| b.opened()));
+        assert!(a.is_ahead(), "c still has none: the least loaded counts, not the average");
+        held.push(b.opened());
+        held.extend((0..BALANCE_FROM - MAX_LEAD).map(|_| c.opened()));
+        assert!(!a.is_ahead(), "within the lead of the least loaded");
         held.clear();
         assert!(!a.is_ahead() && !b.is_ahead() && !c.is_ahead(), "closing gives the places back");
+        // Past a few connections the lead that counts is a quarter.
+        held.extend((0..40).map(|_| a.opened()));
+        held.extend((0..32).map(|_| b.opened()));
+        held.extend((0..32).map(|_| c.opened()));
+        assert!(!a.is_ahead(), "40 against 32 is within a quarter");
+        held.extend((0..9).map(|_| a.opened()));
+        assert!(a.is_ahead(), "49 against 32 is not");
     }
 
     #[test]

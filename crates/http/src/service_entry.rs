@@ -12,8 +12,10 @@
 //! [`ServiceEntry::drain`] waits for.
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use ferry_core::listener::LoopCtx;
 use ferry_core::service_table::{DecodedState, ServiceEntry};
@@ -118,12 +120,22 @@ impl ServiceEntry for HttpEntry {
             }
             Err(e) => tracing::error!("http: cannot start the gateway's workers, not serving: {e}"),
         }
+        // Registered with this runtime, the listener would wake one of its
+        // threads for every new connection, for nothing: the workers accept.
+        // Kept as a plain descriptor until the pause hands it back.
+        let kept = match duplicate(&listener) {
+            Ok(kept) => Kept::Plain(kept),
+            Err(e) => {
+                tracing::debug!("http: keeping the listener registered ({e})");
+                Kept::Registered(listener)
+            }
+        };
         let mut pause = ctx.pause.clone();
         tokio::spawn(async move {
             // Also if this task is dropped without a pause: the workers drain.
             let _stop = stop.drop_guard();
             pause.wait().await;
-            listener
+            kept.into_listener().await
         })
     }
 
@@ -171,4 +183,44 @@ impl ServiceEntry for HttpEntry {
     ) -> Result<(), String> {
         Err("http connections do not migrate".into())
     }
+}
+
+/// The runtime's own descriptor of the listening socket while the workers
+/// serve.
+enum Kept {
+    Plain(std::net::TcpListener),
+    Registered(TcpListener),
+}
+
+/// Between tries to register the listener again, which fails only when the
+/// process cannot register descriptors at all (out of memory).
+const REGISTER_RETRY: Duration = Duration::from_millis(10);
+
+impl Kept {
+    async fn into_listener(self) -> TcpListener {
+        let plain = match self {
+            Kept::Registered(listener) => return listener,
+            Kept::Plain(plain) => plain,
+        };
+        let mut warned = false;
+        loop {
+            match plain.try_clone().and_then(TcpListener::from_std) {
+                Ok(listener) => return listener,
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::error!("http: cannot register the listening socket again, retrying: {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(REGISTER_RETRY).await;
+        }
+    }
+}
+
+/// A second descriptor for the same listening socket, not registered with
+/// any runtime.
+fn duplicate(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let copy = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    copy.set_nonblocking(true)?;
+    Ok(copy)
 }

@@ -124,7 +124,11 @@ fn start_worker(
     let thread = std::thread::Builder::new().name(format!("ferry-http-{index}")).spawn(move || {
         let result = runtime.block_on(async move {
             let listener = TcpListener::from_std(copy)?;
-            serve_as(listener, state, stop.cancelled_owned(), Some(seat)).await
+            // A task of its own, not the `block_on` future: waking that one
+            // writes the runtime's eventfd, which would cost a syscall and a
+            // loop turn per accepted connection.
+            let accepting = tokio::spawn(serve_as(listener, state, stop.cancelled_owned(), Some(seat)));
+            accepting.await.unwrap_or_else(|e| Err(io::Error::other(format!("the accept loop failed: {e}"))))
         });
         runtime.shutdown_timeout(BLOCKING_GRACE);
         // Nobody waiting (the server is not draining) is fine.
