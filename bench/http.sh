@@ -14,8 +14,8 @@
 #                  giving [cache] max_bytes = CACHE_BYTES (max_item_bytes and
 #                  policy stay at their defaults: 8 MiB, s3fifo)
 #   nginx          nginx (Debian package) from its own config in the scratch
-#                  directory: worker_processes = ferry's runtime threads (tokio's
-#                  default: one per CPU, i.e. `nproc`), sendfile on, tcp_nopush
+#                  directory: worker_processes = ferry's HTTP worker threads
+#                  (http.workers = 0: one per CPU, i.e. `nproc`), sendfile on, tcp_nopush
 #                  on, open_file_cache max=10000 inactive=60s, access_log off,
 #                  keepalive_requests 1000000 (ferry does not limit requests per
 #                  connection either), listening on 127.0.0.1, daemon off
@@ -366,7 +366,7 @@ fi
 CPU=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 echo "ferry HTTP benchmark"
 echo "  machine    $(nproc) CPUs, ${CPU:-unknown CPU}, kernel $(uname -r), $(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
-echo "  ferry      $COMMIT$DIRTY, $WORKERS runtime threads, [cache] max_bytes $CACHE_MAX"
+echo "  ferry      $COMMIT$DIRTY, $WORKERS http worker threads, [cache] max_bytes $CACHE_MAX"
 [[ -z $FERRY_BEFORE ]] || echo "  before     $FERRY_BEFORE (sha256 $(sha256sum "$FERRY_BEFORE" | cut -c1-12))"
 echo "  nginx      $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes $WORKERS"
 echo "  wrk        $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }'), -t$THREADS -c$CONNECTIONS, $ROUNDS round(s) of $DURATION (warm-up $WARMUP)"

@@ -76,6 +76,9 @@ pub struct HttpConfig {
     /// Server-wide bound on the file pieces being streamed (files not
     /// served from the cache), besides a small allowance per connection.
     pub stream_buffer_bytes: u64,
+    /// Gateway worker threads, each with its own accept loop and event
+    /// loop; 0: one per CPU.
+    pub workers: usize,
 }
 
 /// The memcached-protocol kv service.
@@ -217,6 +220,7 @@ impl Default for HttpConfig {
             idle_timeout_secs: 60,
             header_read_timeout_secs: 30,
             stream_buffer_bytes: 64 << 20,
+            workers: 0,
         }
     }
 }

@@ -4,13 +4,17 @@
 //!
 //! The runtime builds an [`HttpState`] and either mounts [`router`] itself or
 //! hands a listener to [`serve`], which also drains connections when a live
-//! upgrade moves the listening socket away.
+//! upgrade moves the listening socket away. `ferry serve` runs [`HttpEntry`],
+//! which runs `serve` on its own worker threads ([`workers`]), one
+//! event loop per CPU as nginx does.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod accept_balance;
 mod api;
 mod blocking;
 pub mod conditional;
 mod connection;
+mod connection_slots;
 mod counting_io;
 mod dashboard;
 mod error;
@@ -33,6 +37,7 @@ mod state;
 mod temp_upload;
 mod tracked_body;
 pub mod transfers;
+pub mod workers;
 
 pub use error::HttpError;
 pub use file_body::{FileChanged, load_whole};

@@ -1,4 +1,6 @@
 //! The accept loop: the connection limit, and the drain that ends it.
+//! `ferry serve` runs one per worker thread ([`crate::workers`]), all on
+//! duplicates of one listening socket.
 //!
 //! HTTP connections do not migrate in a live upgrade. The listening socket
 //! moves to the new process; the old one calls [`serve`]'s `stop`, stops
@@ -6,21 +8,18 @@
 //! serving (a download in progress completes) before closing it.
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 
+use crate::accept_balance::{LEAD_PAUSE, Seat};
 use crate::connection::{self, Shutdown};
 use crate::file_lane::FileLane;
 use crate::state::HttpState;
 
-/// Connections over the limit being answered 503 at once; past this they
-/// are closed without an answer, so a flood costs no more than this.
-const MAX_REFUSALS: usize = 64;
 /// How long a refusal may take to deliver its answer.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
 /// Request bytes read and dropped after a refusal, so that closing does not
@@ -41,10 +40,20 @@ pub async fn serve(
     state: HttpState,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_as(listener, state, stop, None).await
+}
+
+/// [`serve`] as one of several workers on the same listening socket:
+/// `seat`, when given, keeps this worker from taking more than its share
+/// of the connections (see [`crate::accept_balance`]).
+pub(crate) async fn serve_as(
+    listener: TcpListener,
+    state: HttpState,
+    stop: impl Future<Output = ()>,
+    seat: Option<Seat>,
+) -> io::Result<()> {
     let limits = state.limits().clone();
     let app = FileLane::new(state.clone());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let tracker = TaskTracker::new();
     let shutdown = Shutdown::default();
     // If this future is dropped instead of stopped, connections end with it.
@@ -52,6 +61,13 @@ pub async fn serve(
     tokio::pin!(stop);
 
     let result = loop {
+        if seat.as_ref().is_some_and(Seat::is_ahead) {
+            tokio::select! {
+                biased;
+                () = &mut stop => break Ok(()),
+                () = tokio::time::sleep(LEAD_PAUSE) => {}
+            }
+        }
         let accepted = tokio::select! {
             biased;
             () = &mut stop => break Ok(()),
@@ -69,14 +85,19 @@ pub async fn serve(
                 }
             }
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
+        match state.slots().try_open() {
+            Some(slot) => {
                 let (app, limits, metrics) = (app.clone(), limits.clone(), state.metrics().clone());
-                tracker.spawn(connection::run(stream, app, limits, metrics, shutdown.clone(), slot));
+                let held = seat.as_ref().map(Seat::opened);
+                let conn = connection::run(stream, app, limits, metrics, shutdown.clone(), slot);
+                tracker.spawn(async move {
+                    conn.await;
+                    drop(held);
+                });
             }
-            Err(_) => {
+            None => {
                 state.metrics().connection_refused();
-                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                if let Some(permit) = state.slots().try_refuse() {
                     state.metrics().record_response(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                     tracker.spawn(refuse(stream, limits.max_connections, permit));
                 }

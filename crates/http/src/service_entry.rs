@@ -4,25 +4,28 @@
 //! is short and there is no state between requests worth carrying, so the
 //! old process finishes the requests in progress while the new one accepts
 //! every new connection. What moves is the listening socket. The runtime
-//! hands this entry a listener, and the entry gives [`serve`] a duplicate
-//! of its descriptor: at a pause the accept loop hands the original back at
-//! once (still open, still queueing connections in the kernel), while
-//! `serve` stops accepting on its copy and drains in the background, which
+//! hands this entry a listener, and the entry starts the gateway's worker
+//! threads ([`crate::workers`]), each on its own duplicate of the
+//! descriptor: at a pause the accept task hands the original back at once
+//! (still open, still queueing connections in the kernel), while the
+//! workers stop accepting on their copies and drain, which
 //! [`ServiceEntry::drain`] waits for.
 
 use std::future::Future;
 use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use ferry_core::listener::LoopCtx;
 use ferry_core::service_table::{DecodedState, ServiceEntry};
 use ferry_files::{FileCache, FileStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::serve::serve;
 use crate::state::{HttpLimits, HttpState, StatusSource};
+use crate::workers::{Worker, start_workers, worker_count};
 
 /// Adds fields to the status JSON the gateway shows (the cache snapshot).
 pub type ExtraStatus = Arc<dyn Fn(&mut serde_json::Map<String, serde_json::Value>) + Send + Sync>;
@@ -37,9 +40,11 @@ pub struct HttpEntry {
     /// Built at the first start (it needs the runtime's status) and kept
     /// across rollbacks, so metrics keep counting.
     state: OnceLock<HttpState>,
-    /// `serve` tasks started so far; the ones still draining are awaited by
+    /// Worker threads started at each (re)start of the service.
+    workers: usize,
+    /// Workers started so far; the ones still draining are awaited by
     /// [`ServiceEntry::drain`].
-    serving: Mutex<Vec<JoinHandle<std::io::Result<()>>>>,
+    serving: Mutex<Vec<Worker>>,
 }
 
 impl HttpEntry {
@@ -52,7 +57,24 @@ impl HttpEntry {
         cache: Option<Arc<FileCache>>,
         extra: Option<ExtraStatus>,
     ) -> HttpEntry {
-        HttpEntry { port, store, limits, cache, extra, state: OnceLock::new(), serving: Mutex::new(Vec::new()) }
+        let workers = worker_count(0);
+        HttpEntry {
+            port,
+            store,
+            limits,
+            cache,
+            extra,
+            state: OnceLock::new(),
+            workers,
+            serving: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Serves with `configured` worker threads (`http.workers`; 0: one per
+    /// CPU, the default).
+    pub fn with_workers(mut self, configured: usize) -> HttpEntry {
+        self.workers = worker_count(configured);
+        self
     }
 
     /// The gateway's shared state (metrics included), once it has started.
@@ -89,23 +111,31 @@ impl ServiceEntry for HttpEntry {
 
     fn spawn_accept(&self, listener: TcpListener, ctx: LoopCtx) -> JoinHandle<TcpListener> {
         let state = self.state_for(&ctx);
-        match duplicate(&listener) {
-            Ok(copy) => {
-                let mut pause = ctx.pause.clone();
-                let stop = async move {
-                    pause.wait().await;
-                };
-                let task = tokio::spawn(serve(copy, state, stop));
+        let stop = CancellationToken::new();
+        match start_workers(&listener, &state, self.workers, &stop) {
+            Ok(started) => {
                 let mut serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
-                serving.retain(|t| !t.is_finished());
-                serving.push(task);
+                serving.retain(|w| !w.is_finished());
+                serving.extend(started);
             }
-            Err(e) => tracing::error!("http: cannot duplicate the listening socket, not serving: {e}"),
+            Err(e) => tracing::error!("http: cannot start the gateway's workers, not serving: {e}"),
         }
+        // Registered with this runtime, the listener would wake one of its
+        // threads for every new connection, for nothing: the workers accept.
+        // Kept as a plain descriptor until the pause hands it back.
+        let kept = match duplicate(&listener) {
+            Ok(kept) => Kept::Plain(kept),
+            Err(e) => {
+                tracing::debug!("http: keeping the listener registered ({e})");
+                Kept::Registered(listener)
+            }
+        };
         let mut pause = ctx.pause.clone();
         tokio::spawn(async move {
+            // Also if this task is dropped without a pause: the workers drain.
+            let _stop = stop.drop_guard();
             pause.wait().await;
-            listener
+            kept.into_listener().await
         })
     }
 
@@ -135,11 +165,9 @@ impl ServiceEntry for HttpEntry {
     fn drain(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let tasks = std::mem::take(&mut *self.serving.lock().unwrap_or_else(PoisonError::into_inner));
         Box::pin(async move {
-            for task in tasks {
-                match task.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!("http: the gateway stopped with an error: {e}"),
-                    Err(e) => tracing::warn!("http: the gateway task failed: {e}"),
+            for worker in tasks {
+                if let Err(e) = worker.finished().await {
+                    tracing::warn!("http: a gateway worker stopped with an error: {e}");
                 }
             }
         })
@@ -157,11 +185,42 @@ impl ServiceEntry for HttpEntry {
     }
 }
 
-/// A second descriptor for the same listening socket, registered with the
-/// runtime on its own.
-fn duplicate(listener: &TcpListener) -> std::io::Result<TcpListener> {
-    let fd = listener.as_fd().try_clone_to_owned()?;
-    let std = std::net::TcpListener::from(fd);
-    std.set_nonblocking(true)?;
-    TcpListener::from_std(std)
+/// The runtime's own descriptor of the listening socket while the workers
+/// serve.
+enum Kept {
+    Plain(std::net::TcpListener),
+    Registered(TcpListener),
+}
+
+/// Between tries to register the listener again, which fails only when the
+/// process cannot register descriptors at all (out of memory).
+const REGISTER_RETRY: Duration = Duration::from_millis(10);
+
+impl Kept {
+    async fn into_listener(self) -> TcpListener {
+        let plain = match self {
+            Kept::Registered(listener) => return listener,
+            Kept::Plain(plain) => plain,
+        };
+        let mut warned = false;
+        loop {
+            match plain.try_clone().and_then(TcpListener::from_std) {
+                Ok(listener) => return listener,
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::error!("http: cannot register the listening socket again, retrying: {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(REGISTER_RETRY).await;
+        }
+    }
+}
+
+/// A second descriptor for the same listening socket, not registered with
+/// any runtime.
+fn duplicate(listener: &TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let copy = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    copy.set_nonblocking(true)?;
+    Ok(copy)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ferry_files::{FileCache, FileStore};
 
+use crate::connection_slots::ConnectionSlots;
 use crate::metrics::HttpMetrics;
 use crate::piece_budget::PieceBudget;
 use crate::resolved_names::ResolvedNames;
@@ -87,6 +88,8 @@ struct Shared {
     resolved: ResolvedNames,
     /// Shared by every streamed download.
     pieces: Arc<PieceBudget>,
+    /// The connection limit, shared by every worker's accept loop.
+    slots: ConnectionSlots,
 }
 
 impl HttpState {
@@ -104,7 +107,8 @@ impl HttpState {
         let metrics = Arc::new(HttpMetrics::default());
         let resolved = ResolvedNames::default();
         let pieces = Arc::new(PieceBudget::new(limits.stream_buffer_bytes));
-        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache, resolved, pieces }) }
+        let slots = ConnectionSlots::new(limits.max_connections);
+        HttpState { inner: Arc::new(Shared { store, limits, status, metrics, cache, resolved, pieces, slots }) }
     }
 
     pub fn cache(&self) -> Option<&Arc<FileCache>> {
@@ -113,6 +117,10 @@ impl HttpState {
 
     pub(crate) fn resolved(&self) -> &ResolvedNames {
         &self.inner.resolved
+    }
+
+    pub(crate) fn slots(&self) -> &ConnectionSlots {
+        &self.inner.slots
     }
 
     pub(crate) fn pieces(&self) -> &Arc<PieceBudget> {

@@ -61,7 +61,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let extra: ExtraStatus = Arc::new(move |status| {
             status.insert("cache".into(), serde_json::to_value(shown.snapshot()).unwrap_or_default());
         });
-        let entry = HttpEntry::new(config.http.port, store.clone(), limits, Some(cache.clone()), Some(extra));
+        let entry = HttpEntry::new(config.http.port, store.clone(), limits, Some(cache.clone()), Some(extra))
+            .with_workers(config.http.workers);
         server.add_entry(Arc::new(entry));
         services += 1;
     }
