@@ -184,17 +184,23 @@ pub(super) async fn run(
         // next one (for at most backup.timeout_ms in all).
         let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
         if writing.is_none()
-            && next.batch.is_empty()
             && let Some(reason) = ctx.pause.requested()
         {
             let Some(hash) = hash.as_ref() else {
                 return fail(conn, ErrorCode::Internal, "hash state missing");
             };
             st.hash = hash.checkpoint();
-            if let Some(frame) = stash.take() {
-                // It travels with the session, unread, ahead of what follows.
-                unread(conn, &frame);
+            // What was taken off the read buffer and not written travels
+            // with the session, unread, ahead of what follows it.
+            let mut taken = Vec::with_capacity(next.batch.len() + 1);
+            let mut offset = st.written;
+            for data in std::mem::take(&mut next.batch) {
+                let len = data.len() as u64;
+                taken.push(Frame::Data { offset, data });
+                offset += len;
             }
+            taken.extend(stash.take());
+            unread(conn, &taken);
             // Dropping the mirror aborts it; catch-up sends the file later.
             return park_transfer(conn, Phase::Put(st), reason);
         }
@@ -357,11 +363,16 @@ async fn land(writing: &mut Option<JoinHandle<WriteResult>>) {
     }
 }
 
-/// Puts a frame taken off the read buffer back at its front.
-fn unread(conn: &mut Conn, frame: &Frame) {
+/// Puts frames taken off the read buffer back at its front, in order.
+fn unread(conn: &mut Conn, frames: &[Frame]) {
+    if frames.is_empty() {
+        return;
+    }
     let rest = conn.read_buf().split();
     let buf = conn.read_buf();
-    buf.extend_from_slice(&frame.encode());
+    for frame in frames {
+        buf.extend_from_slice(&frame.encode());
+    }
     buf.extend_from_slice(&rest);
 }
 
