@@ -211,6 +211,56 @@ async fn put_paused_mid_transfer_completes_on_the_same_socket() {
     assert!(matches!(task.await.unwrap(), SessionEnd::Closed));
 }
 
+/// A client that never stops sending: the PUT must park within about one
+/// batch of the request (frames it took off the socket and did not write go
+/// back into the read buffer and travel with the session), not when the
+/// client runs out of bytes.
+#[tokio::test]
+async fn put_paused_while_the_client_keeps_sending_parks_at_once_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(32 * MIB + 5);
+    let svc = service(dir.path());
+    let (client, server) = socket_pair().await;
+    let (trigger, task) = spawn_session(svc.clone(), Conn::new(server, svc.max_read_buffer()), None);
+
+    let (mut read, mut write) = client.into_split();
+    let put = Request::Put { name: "stream.bin".into(), size: Some(data.len() as u64), id: None };
+    write.write_all(&Frame::Info(put.to_string()).encode()).await.unwrap();
+    assert_eq!(read_frame(&mut read).await, Frame::Ack(0));
+    let body = data.clone();
+    let writer = tokio::spawn(async move {
+        for (i, chunk) in body.chunks(100_000).enumerate() {
+            let frame = Frame::Data { offset: (i * 100_000) as u64, data: Bytes::copy_from_slice(chunk) };
+            write.write_all(&frame.encode()).await.unwrap();
+        }
+        let done = Request::Done { size: body.len() as u64, blake3: blake3::hash(&body).to_hex().to_string() };
+        write.write_all(&Frame::Info(done.to_string()).encode()).await.unwrap();
+        write
+    });
+    while !matches!(read_frame(&mut read).await, Frame::Ack(n) if n > 0) {}
+    let task =
+        pause_and_resume(trigger, task, dir.path(), |p| matches!(p, Phase::Put(s) if s.written < 16 * MIB as u64))
+            .await;
+    loop {
+        match read_frame(&mut read).await {
+            Frame::Ack(_) => {}
+            Frame::Info(line) => match Reply::parse(&line).unwrap() {
+                Reply::Stored { size, .. } => {
+                    assert_eq!(size as usize, data.len());
+                    break;
+                }
+                Reply::Paused { .. } | Reply::Resumed { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(std::fs::read(dir.path().join("files/stream.bin")).unwrap() == data, "stored bytes differ");
+    let mut write = writer.await.unwrap();
+    write.shutdown().await.unwrap();
+    assert!(matches!(task.await.unwrap(), SessionEnd::Closed));
+}
+
 #[tokio::test]
 async fn idle_session_parks_and_serves_the_next_command_after_resume() {
     let dir = tempfile::tempdir().unwrap();

@@ -160,73 +160,67 @@ pub(super) async fn run(
     let idle_for = Duration::from_secs(svc.config.idle_timeout_secs);
     let mut deadline = Instant::now() + idle_for;
     let mut writing: Option<JoinHandle<WriteResult>> = None;
+    // DATA taken off the connection and not yet handed to a write.
+    let mut next = Gathered { batch: Vec::new(), bytes: 0, end: st.written };
     // A non-DATA frame that ended a batch; handled once the batch is written.
     let mut stash: Option<Frame> = None;
 
     loop {
+        // Frames are split off the read buffer as soon as they are complete,
+        // even while a batch is being written: the buffer then holds little
+        // more than one partial frame when it must grow, and growing copies
+        // only that (its allocation cannot be reused in place while the
+        // write or a node's queue still holds the frames split off it).
+        if stash.is_none()
+            && let Err(refused) = next.gather(conn, max_frame, limit, &mut stash)
+        {
+            land(&mut writing).await;
+            return match refused {
+                Refused::Frame(e) => frame_error(conn, e),
+                Refused::Data(code, msg) => fail(conn, code, &msg),
+            };
+        }
         // A backup node that has not taken the last batch holds back the
         // next one (for at most backup.timeout_ms in all).
         let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
-        if writing.is_none() {
-            if let Some(reason) = ctx.pause.requested() {
-                let Some(hash) = hash.as_ref() else {
-                    return fail(conn, ErrorCode::Internal, "hash state missing");
-                };
-                st.hash = hash.checkpoint();
-                // Dropping the mirror aborts it; catch-up sends the file later.
-                return park_transfer(conn, Phase::Put(st), reason);
-            }
-        }
-        if writing.is_none() && !stalled {
-            let frame = match stash.take() {
-                Some(frame) => Some(frame),
-                None => match take_frame(conn, max_frame) {
-                    Ok(frame) => frame,
-                    Err(e) => return frame_error(conn, e),
-                },
+        if writing.is_none()
+            && let Some(reason) = ctx.pause.requested()
+        {
+            let Some(hash) = hash.as_ref() else {
+                return fail(conn, ErrorCode::Internal, "hash state missing");
             };
-            match frame {
-                Some(Frame::Data { offset, data }) => {
-                    // Gather this and any following DATA into one batch.
-                    let mut batch = vec![data];
-                    let mut end = st.written;
-                    let mut next_offset = offset;
-                    while let Some(last) = batch.last() {
-                        if next_offset != end {
-                            let msg = format!("DATA at offset {next_offset}, expected {end}");
-                            return fail(conn, ErrorCode::BadOffset, &msg);
-                        }
-                        end += last.len() as u64;
-                        if end > limit {
-                            let msg = format!("upload exceeds {limit} bytes");
-                            return fail(conn, ErrorCode::TooLarge, &msg);
-                        }
-                        if (end - st.written) as usize >= MAX_BATCH {
-                            break;
-                        }
-                        match take_frame(conn, max_frame) {
-                            Ok(Some(Frame::Data { offset, data })) => {
-                                next_offset = offset;
-                                batch.push(data);
-                            }
-                            Ok(Some(other)) => {
-                                stash = Some(other);
-                                break;
-                            }
-                            Ok(None) => break,
-                            Err(e) => return frame_error(conn, e),
-                        }
-                    }
-                    let Some(hasher) = hash.take() else {
-                        return fail(conn, ErrorCode::Internal, "hash state missing");
-                    };
-                    if let Some(m) = mirror.as_mut() {
-                        m.offer(st.written, &batch);
-                    }
-                    let (file, at) = (file.clone(), st.written);
-                    writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, at, batch, hasher)));
-                    continue;
-                }
+            st.hash = hash.checkpoint();
+            // What was taken off the read buffer and not written travels
+            // with the session, unread, ahead of what follows it.
+            let mut taken = Vec::with_capacity(next.batch.len() + 1);
+            let mut offset = st.written;
+            for data in std::mem::take(&mut next.batch) {
+                let len = data.len() as u64;
+                taken.push(Frame::Data { offset, data });
+                offset += len;
+            }
+            taken.extend(stash.take());
+            unread(conn, &taken);
+            // Dropping the mirror aborts it; catch-up sends the file later.
+            return park_transfer(conn, Phase::Put(st), reason);
+        }
+        if writing.is_none() && !stalled && !next.batch.is_empty() {
+            let Some(hasher) = hash.take() else {
+                return fail(conn, ErrorCode::Internal, "hash state missing");
+            };
+            let batch = std::mem::take(&mut next.batch);
+            next.bytes = 0;
+            let at = st.written;
+            assert_eq!(at + batch.iter().map(|b| b.len() as u64).sum::<u64>(), next.end, "batch not contiguous");
+            if let Some(m) = mirror.as_mut() {
+                m.offer(at, &batch);
+            }
+            let file = file.clone();
+            writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, at, batch, hasher)));
+            continue;
+        }
+        if writing.is_none() && !stalled && next.batch.is_empty() {
+            match stash.take() {
                 Some(Frame::Info(line)) => {
                     let Some(hasher) = hash.as_ref() else {
                         return fail(conn, ErrorCode::Internal, "hash state missing");
@@ -252,7 +246,7 @@ pub(super) async fn run(
             }
         }
         // Read more while a batch is being written, up to about one batch.
-        let want_read = conn.read_buf().len() < read_high_water(max_frame);
+        let want_read = conn.read_buf().len() + next.bytes < read_high_water(max_frame);
         let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
         let stall_deadline = mirror.as_ref().and_then(PutMirror::deadline);
         tokio::select! {
@@ -309,6 +303,77 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// DATA taken off the connection for the next write.
+struct Gathered {
+    batch: Vec<Bytes>,
+    /// Bytes in `batch` (at most about [`MAX_BATCH`]).
+    bytes: usize,
+    /// File offset after the last DATA accepted (written, being written or
+    /// in `batch`): where the next DATA must start.
+    end: u64,
+}
+
+/// Why [`Gathered::gather`] refused the input.
+enum Refused {
+    Frame(crate::frame::FrameError),
+    Data(ErrorCode, String),
+}
+
+impl Gathered {
+    /// Takes complete frames off the read buffer into the batch until it
+    /// holds [`MAX_BATCH`] bytes, the buffer holds no complete frame, or a
+    /// frame other than DATA arrives (left in `stash`).
+    fn gather(
+        &mut self,
+        conn: &mut Conn,
+        max_frame: u32,
+        limit: u64,
+        stash: &mut Option<Frame>,
+    ) -> Result<(), Refused> {
+        while self.bytes < MAX_BATCH && stash.is_none() {
+            match take_frame(conn, max_frame).map_err(Refused::Frame)? {
+                Some(Frame::Data { offset, data }) => {
+                    if offset != self.end {
+                        let msg = format!("DATA at offset {offset}, expected {}", self.end);
+                        return Err(Refused::Data(ErrorCode::BadOffset, msg));
+                    }
+                    let end = self.end + data.len() as u64;
+                    if end > limit {
+                        return Err(Refused::Data(ErrorCode::TooLarge, format!("upload exceeds {limit} bytes")));
+                    }
+                    self.end = end;
+                    self.bytes += data.len();
+                    self.batch.push(data);
+                }
+                Some(other) => *stash = Some(other),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lets a batch being written land before the session ends, so no write
+/// runs on after it (and a resumed upload finds the file as acknowledged).
+async fn land(writing: &mut Option<JoinHandle<WriteResult>>) {
+    if let Some(task) = writing.take() {
+        let _ = task.await;
+    }
+}
+
+/// Puts frames taken off the read buffer back at its front, in order.
+fn unread(conn: &mut Conn, frames: &[Frame]) {
+    if frames.is_empty() {
+        return;
+    }
+    let rest = conn.read_buf().split();
+    let buf = conn.read_buf();
+    for frame in frames {
+        buf.extend_from_slice(&frame.encode());
+    }
+    buf.extend_from_slice(&rest);
 }
 
 /// Waits for a stalled mirror's nodes to make room.

@@ -3,6 +3,7 @@
 //! file under `DIR` atomically, and reconnects with backoff whenever the
 //! connection ends, for as long as it runs.
 
+mod direct_file;
 mod link;
 mod manifest;
 mod node_dir;

@@ -9,16 +9,14 @@
 //! server's queue for this node) instead of filling memory here.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_files::{SafeName, StoreError};
-use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use tokio::sync::mpsc;
 
+use super::direct_file::{MAX_DIRECT_FILES, SequentialFile};
 use super::manifest::{Entry, Manifest};
 use super::node_dir::BackupDir;
 use crate::backup::MAX_OPEN_TRANSFERS;
@@ -31,11 +29,6 @@ pub(super) const OPS_DEPTH: usize = 32;
 const MAX_NAME_BYTES: usize = 4096;
 /// While commits keep coming, the manifest is saved at most this often.
 const SAVE_EVERY: Duration = Duration::from_secs(5);
-/// Received bytes after which their writeback to disk is started, so the
-/// fsync of the commit finds little left to write (the server fsyncs its own
-/// copy at the same moment, and `STORED` waits for both with
-/// `backup.ack = "all"`).
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 pub(super) enum Op {
     /// Bring the manifest up to date and answer with the inventory.
@@ -95,10 +88,8 @@ struct Open {
     size: Option<u64>,
     path: PathBuf,
     /// `None` once writing failed; the failure is reported at the commit.
-    file: Option<File>,
+    file: Option<SequentialFile>,
     written: u64,
-    /// Bytes whose writeback was started.
-    flushed: u64,
     hasher: blake3::Hasher,
     error: Option<String>,
 }
@@ -221,11 +212,15 @@ impl State {
             return Some(Reply::Fatal(ErrorCode::BadCommand, msg));
         }
         let path = self.dir.incoming(transfer);
-        let (file, error) = match OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path) {
+        // Every open transfer could hold an O_DIRECT block: the first few
+        // get one, the rest are written buffered.
+        let direct = self.open.values().filter(|o| o.file.as_ref().is_some_and(SequentialFile::is_direct)).count()
+            < MAX_DIRECT_FILES;
+        let (file, error) = match SequentialFile::create(&path, direct) {
             Ok(file) => (Some(file), None),
             Err(e) => (None, Some(format!("cannot create {}: {e}", path.display()))),
         };
-        let open = Open { name, size, path, file, written: 0, flushed: 0, hasher: blake3::Hasher::new(), error };
+        let open = Open { name, size, path, file, written: 0, hasher: blake3::Hasher::new(), error };
         self.open.insert(transfer, open);
         None
     }
@@ -243,32 +238,28 @@ impl State {
             let msg = format!("transfer {transfer} passes its size of {} bytes", open.size.unwrap_or(0));
             return Some(Reply::Fatal(ErrorCode::TooLarge, msg));
         }
-        if let Some(file) = &open.file
-            && let Err(e) = file.write_all_at(data, offset)
+        if let Some(file) = &mut open.file
+            && let Err(e) = file.write(data)
         {
             open.error = Some(format!("cannot write {}: {e}", open.path.display()));
             open.file = None;
         }
         open.hasher.update(data);
         open.written = end;
-        if let Some(file) = &open.file
-            && end - open.flushed >= WRITEBACK_EVERY
-        {
-            // POSIX_FADV_DONTNEED starts writeback of the dirty range
-            // without waiting for it (and lets the kernel drop the pages
-            // once clean: a backup is written, not read). Only a hint.
-            let (from, len) = (open.flushed as i64, (end - open.flushed) as i64);
-            let _ = posix_fadvise(file, from, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
-            open.flushed = end;
-        }
         None
     }
 
     fn done(&mut self, transfer: u64, size: u64, blake3: &str, etag: String) -> Reply {
-        let Some(open) = self.open.remove(&transfer) else {
+        let Some(mut open) = self.open.remove(&transfer) else {
             return Reply::Fatal(ErrorCode::BadCommand, format!("BACKUPDONE for unknown transfer {transfer}"));
         };
         let name = open.name.as_str().to_string();
+        // The last partial block reaches the file before it is committed.
+        if let Some(file) = open.file.take()
+            && let Err(e) = file.finish()
+        {
+            open.error = Some(format!("cannot write {}: {e}", open.path.display()));
+        }
         let failed = |why: String| {
             let _ = std::fs::remove_file(&open.path);
             Reply::Failed { transfer, name: name.clone(), why }
@@ -283,7 +274,6 @@ impl State {
         if digest != blake3 {
             return failed(format!("received data hashes to {digest}, BACKUPDONE says {blake3}"));
         }
-        drop(open.file);
         let meta = match self.dir.store.commit(&open.path, &open.name) {
             Ok(meta) => meta,
             Err(e) => return failed(format!("cannot store {name}: {e}")),
