@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Smallest and largest room made in the read buffer for one read. The
@@ -61,6 +61,16 @@ impl IoEvent {
     pub fn got_input(&self) -> bool {
         self.read.is_some_and(|n| n > 0)
     }
+}
+
+/// Where [`Conn::poll_pump`] puts what it reads.
+enum ReadTo<'a> {
+    /// Nothing: only write.
+    Nothing,
+    /// The read buffer, at most `most` bytes.
+    Buffer { most: usize },
+    /// The caller's slice, bypassing the read buffer.
+    Slice(&'a mut [u8]),
 }
 
 /// A connection taken apart at a safe point.
@@ -150,12 +160,35 @@ impl Conn {
         if !want_read && self.out_len == 0 {
             return std::future::pending().await;
         }
-        std::future::poll_fn(|cx| self.poll_pump(cx, want_read)).await
+        let mut to = if want_read { ReadTo::Buffer { most: usize::MAX } } else { ReadTo::Nothing };
+        std::future::poll_fn(|cx| self.poll_pump(cx, &mut to)).await
+    }
+
+    /// [`Conn::pump`] with reads of at most `most` bytes (at least 1): a
+    /// reader that takes bulk payloads with [`Conn::pump_into`] reads only
+    /// up to the end of the next frame header into the buffer, so the
+    /// payload after it stays in the socket for `pump_into`.
+    pub async fn pump_at_most(&mut self, most: usize) -> io::Result<IoEvent> {
+        assert!(most > 0, "a read of at most 0 bytes");
+        let mut to = ReadTo::Buffer { most };
+        std::future::poll_fn(|cx| self.poll_pump(cx, &mut to)).await
+    }
+
+    /// [`Conn::pump`], reading straight into `dst` instead of the read
+    /// buffer, which must be empty (its bytes come first). This saves the
+    /// copy out of the read buffer for a payload whose destination is known
+    /// before it arrives (a backup node's aligned write block).
+    /// `IoEvent::read` counts the bytes put in `dst`. Cancel-safe.
+    pub async fn pump_into(&mut self, dst: &mut [u8]) -> io::Result<IoEvent> {
+        assert!(!dst.is_empty(), "a read into an empty slice");
+        assert!(self.read_buf.is_empty(), "buffered input would be overtaken");
+        let mut to = ReadTo::Slice(dst);
+        std::future::poll_fn(|cx| self.poll_pump(cx, &mut to)).await
     }
 
     /// One step of [`Conn::pump`]: `Pending` (with this task registered
     /// for every direction it wants) until a write or a read happened.
-    fn poll_pump(&mut self, cx: &mut Context<'_>, want_read: bool) -> Poll<io::Result<IoEvent>> {
+    fn poll_pump(&mut self, cx: &mut Context<'_>, to: &mut ReadTo<'_>) -> Poll<io::Result<IoEvent>> {
         let mut event = IoEvent::default();
         if self.out_len > 0 {
             let (slices, count) = out_slices(&self.out);
@@ -171,20 +204,33 @@ impl Conn {
                 Poll::Pending => {}
             }
         }
-        if want_read {
-            let room = self.reserve_read_room()?;
-            let mut limited = (&mut self.read_buf).limit(room);
-            // `read_buf`'s future is one `poll_read` into the buffer's spare
-            // room: polled once and dropped, it has read either nothing or
-            // `n` bytes that are in the buffer.
-            let read = std::pin::pin!(self.stream.read_buf(&mut limited));
-            match read.poll(cx) {
-                Poll::Ready(Ok(n)) => {
-                    self.adapt_read_room(n, room);
-                    event.read = Some(n);
+        match to {
+            ReadTo::Nothing => {}
+            ReadTo::Buffer { most } => {
+                let room = self.reserve_read_room()?;
+                let mut limited = (&mut self.read_buf).limit(room.min(*most));
+                // `read_buf`'s future is one `poll_read` into the buffer's
+                // spare room: polled once and dropped, it has read either
+                // nothing or `n` bytes that are in the buffer.
+                let read = std::pin::pin!(self.stream.read_buf(&mut limited));
+                match read.poll(cx) {
+                    Poll::Ready(Ok(n)) => {
+                        if *most >= room {
+                            self.adapt_read_room(n, room);
+                        }
+                        event.read = Some(n);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
+            }
+            ReadTo::Slice(dst) => {
+                let mut buf = ReadBuf::new(dst);
+                match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => event.read = Some(buf.filled().len()),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
             }
         }
         if event.read.is_some() || event.wrote > 0 { Poll::Ready(Ok(event)) } else { Poll::Pending }
@@ -423,6 +469,43 @@ mod tests {
             client.read_exact(&mut got).await.unwrap();
             assert_eq!(got, format!("reply {round}\n").into_bytes());
         }
+    }
+
+    /// A header read into the buffer with `pump_at_most`, its payload
+    /// straight into a slice with `pump_into`, then the next header.
+    #[tokio::test]
+    async fn pump_into_reads_a_payload_past_the_buffer() {
+        let (mut client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut sent = b"HEAD".to_vec();
+        sent.extend_from_slice(&payload);
+        sent.extend_from_slice(b"NEXT");
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let deadline = std::time::Duration::from_secs(5);
+        while conn.read_buf().len() < 4 {
+            let most = 4 - conn.read_buf().len();
+            tokio::time::timeout(deadline, conn.pump_at_most(most)).await.unwrap().unwrap();
+        }
+        assert_eq!(&conn.read_buf().split()[..], b"HEAD");
+        let mut got = vec![0u8; payload.len()];
+        let mut filled = 0;
+        while filled < got.len() {
+            let event = tokio::time::timeout(deadline, conn.pump_into(&mut got[filled..])).await.unwrap().unwrap();
+            let n = event.read.unwrap_or(0);
+            assert!(n > 0, "closed early");
+            filled += n;
+        }
+        assert!(got == payload, "payload differs");
+        assert!(conn.read_buf().is_empty(), "the payload went through the buffer");
+        while conn.read_buf().len() < 4 {
+            tokio::time::timeout(deadline, conn.pump(true)).await.unwrap().unwrap();
+        }
+        assert_eq!(&conn.read_buf()[..], b"NEXT");
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]

@@ -166,11 +166,13 @@ pub(super) async fn run(
     let mut stash: Option<Frame> = None;
 
     loop {
-        // Frames are split off the read buffer as soon as they are complete,
-        // even while a batch is being written: the buffer then holds little
-        // more than one partial frame when it must grow, and growing copies
-        // only that (its allocation cannot be reused in place while the
-        // write or a node's queue still holds the frames split off it).
+        // Every complete frame is split off the read buffer at once, even
+        // while a batch is being written or a node holds the next one back:
+        // the buffer then holds at most one partial frame when it must grow,
+        // and growing copies only that (its allocation cannot be reused in
+        // place while the write or a node's queue still holds the frames
+        // split off it). What is gathered beyond one batch waits in `next`,
+        // which the read high water bounds together with the buffer.
         if stash.is_none()
             && let Err(refused) = next.gather(conn, max_frame, limit, &mut stash)
         {
@@ -208,10 +210,11 @@ pub(super) async fn run(
             let Some(hasher) = hash.take() else {
                 return fail(conn, ErrorCode::Internal, "hash state missing");
             };
-            let batch = std::mem::take(&mut next.batch);
-            next.bytes = 0;
+            let batch = next.take_batch();
             let at = st.written;
-            assert_eq!(at + batch.iter().map(|b| b.len() as u64).sum::<u64>(), next.end, "batch not contiguous");
+            let queued: u64 = next.batch.iter().map(|b| b.len() as u64).sum();
+            let taken: u64 = batch.iter().map(|b| b.len() as u64).sum();
+            assert_eq!(at + taken + queued, next.end, "batch not contiguous");
             if let Some(m) = mirror.as_mut() {
                 m.offer(at, &batch);
             }
@@ -305,10 +308,12 @@ pub(super) async fn run(
     }
 }
 
-/// DATA taken off the connection for the next write.
+/// DATA taken off the connection for the next writes.
 struct Gathered {
     batch: Vec<Bytes>,
-    /// Bytes in `batch` (at most about [`MAX_BATCH`]).
+    /// Bytes in `batch`: less than the read high water plus one read, since
+    /// the PUT reads only while the read buffer and `batch` together hold
+    /// less than the high water.
     bytes: usize,
     /// File offset after the last DATA accepted (written, being written or
     /// in `batch`): where the next DATA must start.
@@ -322,9 +327,28 @@ enum Refused {
 }
 
 impl Gathered {
-    /// Takes complete frames off the read buffer into the batch until it
-    /// holds [`MAX_BATCH`] bytes, the buffer holds no complete frame, or a
-    /// frame other than DATA arrives (left in `stash`).
+    /// Takes the frames for the next write off the front: whole frames up to
+    /// [`MAX_BATCH`] bytes, at least one.
+    fn take_batch(&mut self) -> Vec<Bytes> {
+        let mut bytes = 0;
+        let count = self
+            .batch
+            .iter()
+            .position(|data| {
+                bytes += data.len();
+                bytes > MAX_BATCH
+            })
+            .unwrap_or(self.batch.len())
+            .max(1);
+        let rest = self.batch.split_off(count.min(self.batch.len()));
+        let batch = std::mem::replace(&mut self.batch, rest);
+        self.bytes -= batch.iter().map(Bytes::len).sum::<usize>();
+        batch
+    }
+
+    /// Takes every complete frame off the read buffer until the buffer holds
+    /// no complete frame or a frame other than DATA arrives (left in
+    /// `stash`).
     fn gather(
         &mut self,
         conn: &mut Conn,
@@ -332,7 +356,7 @@ impl Gathered {
         limit: u64,
         stash: &mut Option<Frame>,
     ) -> Result<(), Refused> {
-        while self.bytes < MAX_BATCH && stash.is_none() {
+        while stash.is_none() {
             match take_frame(conn, max_frame).map_err(Refused::Frame)? {
                 Some(Frame::Data { offset, data }) => {
                     if offset != self.end {
@@ -512,4 +536,31 @@ async fn reopen(
     });
     let (file, hash) = task.await.map_err(|e| format!("reopen task failed: {e}"))??;
     Ok(OpenUpload { file, hash, mirror: None, _lease: lease })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gathered(sizes: &[usize]) -> Gathered {
+        let batch: Vec<Bytes> = sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect();
+        let bytes = sizes.iter().sum();
+        Gathered { batch, bytes, end: bytes as u64 }
+    }
+
+    #[test]
+    fn a_batch_takes_whole_frames_up_to_its_limit() {
+        let frame = 256 * 1024;
+        let mut next = gathered(&[frame; 10]);
+        let first = next.take_batch();
+        assert_eq!(first.len(), MAX_BATCH / frame);
+        assert_eq!(next.batch.len(), 10 - MAX_BATCH / frame);
+        assert_eq!(next.bytes, next.batch.iter().map(Bytes::len).sum::<usize>());
+        // One frame larger than a batch still goes, alone.
+        let mut next = gathered(&[MAX_BATCH + 1, 5]);
+        assert_eq!(next.take_batch().len(), 1);
+        assert_eq!(next.bytes, 5);
+        assert_eq!(next.take_batch().len(), 1);
+        assert!(next.batch.is_empty() && next.bytes == 0);
+    }
 }

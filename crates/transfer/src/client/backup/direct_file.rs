@@ -22,13 +22,8 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, PosixFadviseAdvice, fcntl, posix_fadvise};
 
-/// Alignment of buffer address, length and file offset for `O_DIRECT`
-/// (the largest logical block size of common disks).
-pub(super) const ALIGN: usize = 4096;
-/// Bytes gathered before one direct write: large enough that the syscall
-/// and the device round trip are small per byte, small enough that the
-/// writer thread's bounded buffers stay small (see [`MAX_DIRECT_FILES`]).
-pub(super) const BLOCK: usize = 1 << 20;
+use super::aligned_block::{ALIGN, AlignedBlock, BLOCK};
+
 /// Files written with `O_DIRECT` at once: each holds a [`BLOCK`] buffer,
 /// so this bounds that memory; further files are written buffered.
 pub(super) const MAX_DIRECT_FILES: usize = 8;
@@ -45,28 +40,6 @@ pub(super) struct SequentialFile {
     written: u64,
     /// Buffered mode: bytes whose writeback was started.
     flushed: u64,
-}
-
-/// A [`BLOCK`]-sized buffer whose first byte is [`ALIGN`]-aligned, and the
-/// bytes gathered in it.
-struct AlignedBlock {
-    mem: Vec<u8>,
-    /// Index in `mem` of the aligned start.
-    start: usize,
-    filled: usize,
-}
-
-impl AlignedBlock {
-    /// `None` if no aligned start can be found (the buffered path is used).
-    fn new() -> Option<AlignedBlock> {
-        let mem = vec![0u8; BLOCK + ALIGN];
-        let start = mem.as_ptr().align_offset(ALIGN);
-        (start < ALIGN).then_some(AlignedBlock { mem, start, filled: 0 })
-    }
-
-    fn block(&self) -> &[u8] {
-        &self.mem[self.start..self.start + self.filled]
-    }
 }
 
 impl SequentialFile {
@@ -104,28 +77,55 @@ impl SequentialFile {
             let Some(block) = self.direct.as_mut() else {
                 return self.write_buffered(data);
             };
-            let take = data.len().min(BLOCK - block.filled);
-            let at = block.start + block.filled;
-            block.mem[at..at + take].copy_from_slice(&data[..take]);
-            block.filled += take;
+            let take = block.append(data);
             self.written += take as u64;
             data = &data[take..];
-            if block.filled == BLOCK {
+            if block.is_full() {
                 self.write_block(BLOCK)?;
             }
         }
         Ok(())
     }
 
+    /// Appends `data`, which starts at an [`ALIGN`]-aligned address (an
+    /// [`AlignedBlock`]'s bytes). When nothing is gathered and the file
+    /// offset is aligned, the aligned part is written straight from `data`
+    /// with `O_DIRECT`, without the copy into the gathering block; only an
+    /// unaligned tail is gathered. Otherwise the same as
+    /// [`SequentialFile::write`].
+    pub fn write_aligned(&mut self, data: &[u8]) -> io::Result<()> {
+        let straight = self.direct.as_ref().is_some_and(|block| block.len() == 0)
+            && self.written % ALIGN as u64 == 0
+            && (data.as_ptr() as usize) % ALIGN == 0;
+        let aligned = data.len() / ALIGN * ALIGN;
+        if !straight || aligned == 0 {
+            return self.write(data);
+        }
+        match self.file.write_all_at(&data[..aligned], self.written) {
+            Ok(()) => {
+                self.written += aligned as u64;
+                self.write(&data[aligned..])
+            }
+            Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => {
+                // Refused at the write (see `write_block`): this and all the
+                // rest is written buffered. Nothing was gathered.
+                self.direct = None;
+                self.clear_direct()?;
+                self.write_buffered(data)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes what is gathered and returns the file, ready to be fsynced.
     pub fn finish(mut self) -> io::Result<File> {
-        let filled = self.direct.as_ref().map_or(0, |b| b.filled);
+        let filled = self.direct.as_ref().map_or(0, AlignedBlock::len);
         let aligned = filled / ALIGN * ALIGN;
         if aligned > 0 {
             self.write_block(aligned)?;
         }
         if let Some(block) = self.direct.take() {
-            let tail = block.block();
+            let tail = block.filled();
             if !tail.is_empty() {
                 self.clear_direct()?;
                 self.file.write_all_at(tail, self.written - tail.len() as u64)?;
@@ -139,14 +139,12 @@ impl SequentialFile {
     /// buffered writes if the filesystem refuses the direct write.
     fn write_block(&mut self, len: usize) -> io::Result<()> {
         let Some(block) = self.direct.as_mut() else { return Ok(()) };
-        assert!(len % ALIGN == 0 && len <= block.filled, "a direct write of {len} of {} bytes", block.filled);
-        let at = self.written - block.filled as u64;
+        assert!(len % ALIGN == 0 && len <= block.len(), "a direct write of {len} of {} bytes", block.len());
+        let at = self.written - block.len() as u64;
         assert!(at % ALIGN as u64 == 0, "a direct write at offset {at}");
-        let bytes = &block.mem[block.start..block.start + len];
-        match self.file.write_all_at(bytes, at) {
+        match self.file.write_all_at(&block.filled()[..len], at) {
             Ok(()) => {
-                block.mem.copy_within(block.start + len..block.start + block.filled, block.start);
-                block.filled -= len;
+                block.consume(len);
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => {
@@ -154,7 +152,7 @@ impl SequentialFile {
                 // write: write what is gathered, and all the rest, buffered.
                 let Some(block) = self.direct.take() else { return Ok(()) };
                 self.clear_direct()?;
-                self.file.write_all_at(block.block(), at)
+                self.file.write_all_at(block.filled(), at)
             }
             Err(e) => Err(e),
         }
@@ -212,6 +210,32 @@ mod tests {
                 assert!(got == data, "len {len}, direct {direct}, pieces of {piece}: contents differ");
             }
         }
+    }
+
+    #[test]
+    fn aligned_pieces_read_back_exactly_whatever_comes_between() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let data = pattern(3 * BLOCK + 2 * ALIGN + 77);
+        let mut f = SequentialFile::create(&path, true).unwrap();
+        let mut block = AlignedBlock::new().unwrap();
+        let mut at = 0;
+        // Whole blocks, an unaligned piece through `write`, then aligned
+        // pieces at an unaligned offset (gathered), then the rest.
+        for (len, aligned) in [(BLOCK, true), (BLOCK, true), (100, false), (BLOCK, true), (data.len(), true)] {
+            let end = (at + len).min(data.len());
+            if aligned {
+                block.clear();
+                assert_eq!(block.append(&data[at..end]), end - at);
+                f.write_aligned(block.filled()).unwrap();
+            } else {
+                f.write(&data[at..end]).unwrap();
+            }
+            at = end;
+        }
+        assert_eq!(at, data.len());
+        f.finish().unwrap().sync_all().unwrap();
+        assert!(std::fs::read(&path).unwrap() == data, "contents differ");
     }
 
     #[test]

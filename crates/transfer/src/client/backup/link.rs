@@ -1,12 +1,17 @@
 //! One connection of a backup node: register with the inventory, then
 //! apply the feed until the connection ends or the node is told to stop.
 
+use std::collections::VecDeque;
 use std::time::Duration;
+
+use ferry_core::IoEvent;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
 use super::BackupOptions;
+use super::aligned_block::BlockPool;
+use super::direct_receive::DirectReceive;
 use super::observer::BackupObserver;
 use super::writer::{Op, Reply, Writer};
 use crate::backup::line::{FeedLine, NodeLine, parse_info_text};
@@ -20,6 +25,9 @@ use crate::wire::{queue_frame, take_frame};
 
 /// Buffered input at which the node stops reading while its disk catches up.
 const READ_HIGH_WATER: usize = 8 << 20;
+/// Most ops waiting for room in the writer's channel: a block handed on
+/// and the op of the frame that ended the direct path, or one frame's op.
+const MAX_PENDING: usize = 2;
 /// Inventory lines are written out whenever this much is queued.
 const INVENTORY_FLUSH: usize = 1 << 20;
 /// How often the manifest is offered for saving while the feed runs.
@@ -106,21 +114,44 @@ async fn run(
 
     let mut last_input = Instant::now();
     let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
+    let mut direct = DirectReceive::new(BlockPool::new());
+    // Ops for the writer, in order, waiting for room in its channel (at
+    // most a block and the op of one frame).
+    let mut pending: VecDeque<Op> = VecDeque::new();
     loop {
         // Hand buffered frames to the writer while it takes them.
         let mut blocked = false;
         loop {
+            assert!(pending.len() <= MAX_PENDING, "{} ops waiting for the writer", pending.len());
             while let Ok(reply) = writer.replies.try_recv() {
                 on_reply(conn, reply, obs)?;
             }
-            let permit = match writer.ops.try_reserve() {
-                Ok(permit) => permit,
-                Err(TrySendError::Full(())) => {
-                    blocked = !conn.read_buf().is_empty();
-                    break;
+            while let Some(op) = pending.pop_front() {
+                match writer.ops.try_send(op) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(op)) => {
+                        pending.push_front(op);
+                        blocked = true;
+                        break;
+                    }
+                    Err(TrySendError::Closed(_)) => return Err(stopped()),
                 }
-                Err(TrySendError::Closed(())) => return Err(stopped()),
-            };
+            }
+            if blocked {
+                break;
+            }
+            direct.fill(conn.read_buf(), &mut pending);
+            if !pending.is_empty() {
+                continue;
+            }
+            if direct.receiving() {
+                // The rest of the payload comes straight from the socket,
+                // or after a block comes back.
+                break;
+            }
+            if direct.start_frame(conn.read_buf(), max_frame) {
+                continue;
+            }
             let frame = match take_frame(conn, max_frame) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -128,21 +159,38 @@ async fn run(
             };
             match frame {
                 Frame::BackupInfo { transfer, info } => match parse_info_text(&info) {
-                    Ok((name, size)) => permit.send(Op::Begin { transfer, name, size }),
+                    Ok((name, size)) => {
+                        pending.push_back(Op::Begin { transfer, name, size });
+                        direct.begin(transfer, size);
+                    }
                     Err(e) => return Err(refuse(conn, ErrorCode::BadFrame, e.0, timeout).await),
                 },
-                Frame::BackupData { transfer, offset, data } => permit.send(Op::Data { transfer, offset, data }),
+                Frame::BackupData { transfer, offset, data } => {
+                    if direct.holds(transfer) {
+                        direct.finish(&mut pending);
+                    }
+                    pending.push_back(Op::Data { transfer, offset, data });
+                }
                 Frame::Info(line) => match FeedLine::parse(&line) {
                     Ok(FeedLine::Done { transfer, size, blake3, etag }) => {
-                        permit.send(Op::Done { transfer, size, blake3, etag })
+                        if direct.holds(transfer) {
+                            direct.finish(&mut pending);
+                        }
+                        pending.push_back(Op::Done { transfer, size, blake3, etag });
                     }
-                    Ok(FeedLine::Abort { transfer }) => permit.send(Op::Abort { transfer }),
-                    Ok(FeedLine::Delete { transfer, name }) => permit.send(Op::Delete { transfer, name }),
+                    Ok(FeedLine::Abort { transfer }) => {
+                        if direct.holds(transfer) {
+                            direct.discard();
+                        }
+                        pending.push_back(Op::Abort { transfer });
+                    }
+                    Ok(FeedLine::Delete { transfer, name }) => pending.push_back(Op::Delete { transfer, name }),
                     Ok(FeedLine::Ping) => queue_frame(conn, &Frame::Info(NodeLine::Pong.to_string())),
                     Ok(FeedLine::Notice(ServerReply::Paused { reason })) => {
                         // What is unfinished now will not be finished: the
                         // server sends it again after resuming.
-                        permit.send(Op::AbortAll);
+                        direct.discard();
+                        pending.push_back(Op::AbortAll);
                         obs.notice(&format!("server paused the feed: {reason}"));
                     }
                     Ok(FeedLine::Notice(ServerReply::Resumed { version })) => {
@@ -161,7 +209,18 @@ async fn run(
                 }
             }
         }
-        let want_read = conn.read_buf().len() < READ_HIGH_WATER;
+        let read = if direct.receiving() {
+            // Straight into the block, once the buffer is drained into it.
+            if conn.read_buf().is_empty() && direct.room().is_some() { Read::Into } else { Read::None }
+        } else if direct.active() {
+            DirectReceive::read_limit(conn.read_buf()).map_or(Read::None, Read::AtMost)
+        } else if conn.read_buf().len() < READ_HIGH_WATER {
+            Read::Any
+        } else {
+            Read::None
+        };
+        let pool = direct.pool().clone();
+        let starved = direct.starved();
         tokio::select! {
             biased;
             reply = writer.replies.recv() => match reply {
@@ -173,7 +232,8 @@ async fn run(
                     return Err(stopped());
                 }
             }
-            event = conn.pump(want_read), if want_read || conn.has_output() => match event {
+            _ = pool.returned(), if starved => {}
+            event = pump(conn, &mut direct, read), if read != Read::None || conn.has_output() => match event {
                 Ok(event) if event.peer_closed() => return Err(closed()),
                 Ok(event) => {
                     if event.got_input() {
@@ -187,6 +247,38 @@ async fn run(
             }
             _ = tokio::time::sleep_until(last_input + timeout) => return Err(timed_out(timeout)),
         }
+    }
+}
+
+/// How the feed reads next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Only writes (the writer or the block pool is behind).
+    None,
+    /// Into the read buffer, as much as the socket has.
+    Any,
+    /// Into the read buffer, at most this much (up to a frame's end).
+    AtMost(usize),
+    /// Straight into the direct transfer's block.
+    Into,
+}
+
+/// One step of the connection: writes queued output and reads as `read`
+/// says. Cancel-safe: bytes read into a block are counted before it
+/// returns.
+async fn pump(conn: &mut ferry_core::Conn, direct: &mut DirectReceive, read: Read) -> std::io::Result<IoEvent> {
+    match read {
+        Read::None => conn.pump(false).await,
+        Read::Any => conn.pump(true).await,
+        Read::AtMost(most) => conn.pump_at_most(most).await,
+        Read::Into => match direct.room() {
+            Some(room) => {
+                let event = conn.pump_into(room).await?;
+                direct.received(event.read.unwrap_or(0));
+                Ok(event)
+            }
+            None => conn.pump(false).await,
+        },
     }
 }
 

@@ -3,7 +3,9 @@
 //! file under `DIR` atomically, and reconnects with backoff whenever the
 //! connection ends, for as long as it runs.
 
+mod aligned_block;
 mod direct_file;
+mod direct_receive;
 mod link;
 mod manifest;
 mod node_dir;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use ferry_files::{SafeName, StoreError};
 use tokio::sync::mpsc;
 
+use super::aligned_block::PooledBlock;
 use super::direct_file::{MAX_DIRECT_FILES, SequentialFile};
 use super::manifest::{Entry, Manifest};
 use super::node_dir::BackupDir;
@@ -44,6 +45,13 @@ pub(super) enum Op {
         transfer: u64,
         offset: u64,
         data: Bytes,
+    },
+    /// Bytes received straight into an aligned block: written from it
+    /// without a copy where `O_DIRECT` allows.
+    Block {
+        transfer: u64,
+        offset: u64,
+        block: PooledBlock,
     },
     Done {
         transfer: u64,
@@ -178,7 +186,9 @@ impl State {
                 Some(Reply::Inventory(result))
             }
             Op::Begin { transfer, name, size } => self.begin(transfer, name, size),
-            Op::Data { transfer, offset, data } => self.data(transfer, offset, &data),
+            Op::Data { transfer, offset, data } => self.data(transfer, offset, &data, false),
+            // The block goes back to the pool when this returns.
+            Op::Block { transfer, offset, block } => self.data(transfer, offset, block.filled(), true),
             Op::Done { transfer, size, blake3, etag } => Some(self.done(transfer, size, &blake3, etag)),
             Op::Abort { transfer } => {
                 if let Some(open) = self.open.remove(&transfer) {
@@ -225,7 +235,9 @@ impl State {
         None
     }
 
-    fn data(&mut self, transfer: u64, offset: u64, data: &[u8]) -> Option<Reply> {
+    /// Appends bytes to a transfer; `aligned`: `data` starts at an aligned
+    /// address (an [`Op::Block`]).
+    fn data(&mut self, transfer: u64, offset: u64, data: &[u8], aligned: bool) -> Option<Reply> {
         let Some(open) = self.open.get_mut(&transfer) else {
             return Some(Reply::Fatal(ErrorCode::BadCommand, format!("BACKUPDATA for unknown transfer {transfer}")));
         };
@@ -238,9 +250,12 @@ impl State {
             let msg = format!("transfer {transfer} passes its size of {} bytes", open.size.unwrap_or(0));
             return Some(Reply::Fatal(ErrorCode::TooLarge, msg));
         }
-        if let Some(file) = &mut open.file
-            && let Err(e) = file.write(data)
-        {
+        let written = match &mut open.file {
+            Some(file) if aligned => file.write_aligned(data),
+            Some(file) => file.write(data),
+            None => Ok(()),
+        };
+        if let Err(e) = written {
             open.error = Some(format!("cannot write {}: {e}", open.path.display()));
             open.file = None;
         }
@@ -335,6 +350,35 @@ mod tests {
         assert!(!tmp.path().join("d/f").exists());
         assert!(s.manifest.files.is_empty());
         assert!(matches!(s.apply(Op::Delete { transfer: 3, name: "d/f".into() }), Some(Reply::Confirm { .. })));
+    }
+
+    #[test]
+    fn blocks_and_data_make_one_file() {
+        use super::super::aligned_block::{BLOCK, BlockPool};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = state(tmp.path());
+        let pool = BlockPool::new();
+        let data: Vec<u8> = (0..2 * BLOCK + 10).map(|i| (i % 249) as u8).collect();
+        let block = |from: usize, to: usize| {
+            let mut b = pool.take().unwrap();
+            assert_eq!(b.append(&data[from..to]), to - from);
+            b
+        };
+        let size = data.len() as u64;
+        assert!(s.apply(Op::Begin { transfer: 1, name: "f".into(), size: Some(size) }).is_none());
+        assert!(s.apply(Op::Block { transfer: 1, offset: 0, block: block(0, BLOCK) }).is_none());
+        let piece = Bytes::copy_from_slice(&data[BLOCK..BLOCK + 10]);
+        assert!(s.apply(Op::Data { transfer: 1, offset: BLOCK as u64, data: piece }).is_none());
+        assert!(
+            s.apply(Op::Block { transfer: 1, offset: BLOCK as u64 + 10, block: block(BLOCK + 10, data.len()) })
+                .is_none()
+        );
+        let wrong = Op::Block { transfer: 1, offset: 5, block: block(0, 1) };
+        assert!(matches!(s.apply(wrong), Some(Reply::Fatal(ErrorCode::BadOffset, _))));
+        assert_eq!(pool.out(), 0, "every block went back to the pool");
+        let done = Op::Done { transfer: 1, size, blake3: digest(&data), etag: "e".into() };
+        assert!(matches!(s.apply(done), Some(Reply::Confirm { blake3: Some(_), .. })));
+        assert!(std::fs::read(tmp.path().join("f")).unwrap() == data, "contents differ");
     }
 
     #[test]
