@@ -9,6 +9,7 @@
 mod client_table;
 mod hub;
 mod push_session;
+mod relay;
 mod roster_file;
 mod service;
 mod staged_upload;
