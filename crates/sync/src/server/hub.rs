@@ -342,6 +342,7 @@ impl SyncHub {
                     if let Some(relay) = relay {
                         relay.commit(entry.version, size, md5, mtime);
                     }
+                    tracing::debug!(client = %client, "sync: committed {name} ({size} bytes, version {})", entry.version);
                     overflowed
                 }
                 Err(e) => {

@@ -538,6 +538,13 @@ impl PushSession {
                             match opened {
                                 Ok(Some(mut item)) => {
                                     // The relay got this far; the rest comes from the committed file.
+                                    tracing::debug!(
+                                        client = %client,
+                                        "sync: {} committed; {} of {} bytes relayed, the rest from the file",
+                                        item.name,
+                                        r.sent,
+                                        item.size
+                                    );
                                     self.hub.relay_to_push(&client, &r.tap);
                                     item.sent = r.sent;
                                     item.next = r.next;
@@ -557,6 +564,7 @@ impl PushSession {
                 Some(Item::Delete(_)) => return,
                 None => {
                     if let Some(tap) = self.hub.take_relay(&client) {
+                        tracing::debug!(client = %client, "sync: relaying {} as it is uploaded", tap.name);
                         ctx.handle.begin_transfer(TransferKind::Get, tap.name.as_str(), None, 0);
                         let item = RelayItem { tap, sent: 0, unanswered: None, next: None, started: false };
                         self.current = Some(Item::Relay(item));
