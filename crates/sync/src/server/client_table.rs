@@ -301,6 +301,7 @@ impl ClientTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::relay::RelayBudget;
 
     fn c(s: &str) -> ClientId {
         ClientId::parse(s).unwrap()
@@ -369,7 +370,7 @@ mod tests {
         t.attach(&c("b"), Role::Push, slot(11)).unwrap();
         t.attach(&c("c"), Role::Push, slot(12)).unwrap();
         t.enqueue(&c("c"), &n("other"), 1, UpdateKind::Write);
-        let mut source = RelaySource::new(9, n("big"), 1 << 20);
+        let mut source = RelaySource::new(9, n("big"), 1 << 20, RelayBudget::new(1 << 20));
         assert_eq!(t.offer_relay(&c("a"), &n("big"), &mut source), 1);
         assert!(t.is_pending(&c("b"), &n("big")), "a relayed file counts as being pushed");
         let tap = t.take_relay(&c("b")).unwrap();
@@ -377,7 +378,7 @@ mod tests {
         assert!(t.take_relay(&c("b")).is_none(), "taken once");
         assert!(t.take_relay(&c("c")).is_none() && t.take_relay(&c("d")).is_none());
         // Busy now: a second relay is not offered to b.
-        let mut second = RelaySource::new(10, n("big2"), 1 << 20);
+        let mut second = RelaySource::new(10, n("big2"), 1 << 20, RelayBudget::new(1 << 20));
         assert_eq!(t.offer_relay(&c("a"), &n("big2"), &mut second), 0);
 
         // The commit queues the file for c and d only.
@@ -400,7 +401,7 @@ mod tests {
         t.start_session(&c("a"), slot(1)).unwrap();
         t.start_session(&c("b"), slot(2)).unwrap();
         t.attach(&c("b"), Role::Push, slot(3)).unwrap();
-        let mut source = RelaySource::new(9, n("big"), 1 << 20);
+        let mut source = RelaySource::new(9, n("big"), 1 << 20, RelayBudget::new(1 << 20));
         assert_eq!(t.offer_relay(&c("a"), &n("big"), &mut source), 1);
         t.start_session(&c("b"), slot(4)).unwrap();
         assert!(t.take_relay(&c("b")).is_none());

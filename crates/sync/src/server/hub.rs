@@ -27,7 +27,7 @@ use ferry_core::config::SyncConfig;
 use ferry_files::{FileStore, SafeName, StoreError};
 
 use super::client_table::{ClientTable, ConnSlot, SavedClient};
-use super::relay::{RelayOutcome, RelaySource, RelayTap};
+use super::relay::{RELAY_BUDGET, RELAY_PER_TAP, RelayBudget, RelayOutcome, RelaySource, RelayTap};
 use super::roster_file::{RosterFile, RosterFileError};
 use super::staged_upload::{StagedUpload, clear_dir};
 use crate::chunk_digests::{ChunkDigests, DigestCache, DigestedVersion};
@@ -105,6 +105,8 @@ pub struct SyncHub {
     handover_file: PathBuf,
     next_conn_id: AtomicU64,
     next_relay_id: AtomicU64,
+    /// Bytes of relayed chunks all relays may have queued at once.
+    relay_budget: RelayBudget,
     /// Set between `prepare_handover` and a rollback: nothing may change the shared state.
     handed_over: AtomicBool,
 }
@@ -142,6 +144,7 @@ impl SyncHub {
             handover_file: dir.join("handover.json"),
             next_conn_id: AtomicU64::new(rand::random::<u64>() >> 16),
             next_relay_id: AtomicU64::new(1),
+            relay_budget: RelayBudget::new(RELAY_BUDGET),
             handed_over: AtomicBool::new(false),
             config,
         };
@@ -270,7 +273,7 @@ impl SyncHub {
     /// idle (see [`super::relay`]). `None` if none is.
     pub(crate) fn open_relay(&self, client: &ClientId, name: &SafeName) -> Option<RelaySource> {
         let id = self.next_relay_id.fetch_add(1, Ordering::Relaxed);
-        let mut source = RelaySource::new(id, name.clone(), self.config.limits.max_chunk_size as usize);
+        let mut source = RelaySource::new(id, name.clone(), RELAY_PER_TAP, self.relay_budget.clone());
         let offered = self.clients().offer_relay(client, name, &mut source);
         (offered > 0).then_some(source)
     }

@@ -12,10 +12,12 @@
 //! Until then the relay is one [`RelaySource`] (held by the upload) and one [`RelayTap`] per receiving
 //! client (held by its push connection), joined by
 //!
-//! - a bounded channel of chunks per tap: the uploader never waits for a receiver. A tap whose
-//!   channel is full has fallen behind and is cut off; its push connection waits for the commit and
-//!   then sends the rest from the committed file (a slow receiver never makes the server buffer the
-//!   file);
+//! - a bounded channel of chunks per tap: the uploader never waits for a receiver. A tap holding
+//!   [`RELAY_PER_TAP`] bytes, or finding the server's [`RELAY_BUDGET`] for all relays spent, has fallen
+//!   behind and is cut off; its push connection waits for the commit and then sends the rest from the
+//!   committed file (a slow receiver never makes the server buffer the file). The allowance is large
+//!   because a receiver does a little more work per byte than the server (it checks and writes the
+//!   same bytes, on the same cores): a small one would cut off every receiver of a large file early;
 //! - the upload's outcome, which every tap watches: [`RelayOutcome::Committed`] (the push connection
 //!   goes on as a normal push of the committed file from where it is, ending with Finished), or
 //!   [`RelayOutcome::Aborted`] (the upload failed, the client went away, or the connection parked for
@@ -28,6 +30,9 @@
 //! queues the file for its client itself: [`super::hub::SyncHub::abandon_relay`]) or is not skipped by
 //! it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bytes::Bytes;
 use ferry_files::SafeName;
 use tokio::sync::{mpsc, watch};
@@ -37,9 +42,48 @@ use crate::Md5Sum;
 /// Relay only uploads whose first chunk is at least this large: a small file is one chunk and its
 /// commit is quick, so it is pushed the usual way.
 pub(crate) const RELAY_FROM: usize = 256 * 1024;
-/// Bytes of chunks each receiving client may have waiting in its channel before it is cut off (it then
-/// catches up from the committed file).
-pub(crate) const RELAY_BUFFER: usize = 16 << 20;
+/// Bytes of chunks one receiving client may have waiting before it is cut off (it then catches up from
+/// the committed file).
+pub(crate) const RELAY_PER_TAP: usize = 128 << 20;
+/// Bytes of chunks waiting in all of a server's relays at once.
+pub(crate) const RELAY_BUDGET: usize = 256 << 20;
+/// Chunks one receiving client may have waiting (whatever their size).
+const RELAY_MAX_CHUNKS: usize = 4096;
+
+/// Bytes of relayed chunks that may still be queued, shared by every relay of a server.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayBudget(Arc<AtomicUsize>);
+
+impl RelayBudget {
+    pub fn new(bytes: usize) -> RelayBudget {
+        RelayBudget(Arc::new(AtomicUsize::new(bytes)))
+    }
+
+    /// Takes `n` bytes of the budget, if that many are left.
+    fn take(&self, n: usize) -> bool {
+        take(&self.0, n)
+    }
+
+    fn give(&self, n: usize) {
+        self.0.fetch_add(n, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    pub fn available(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+fn take(counter: &AtomicUsize, n: usize) -> bool {
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(n)).is_ok()
+}
+
+/// The source's side of one tap.
+struct Feed {
+    sender: mpsc::Sender<RelayChunk>,
+    /// Bytes this tap may still have queued (shared with the tap, which gives back what it takes).
+    room: Arc<AtomicUsize>,
+}
 
 /// A checked chunk of the upload, and its md5.
 pub(crate) type RelayChunk = (Bytes, Md5Sum);
@@ -59,18 +103,19 @@ pub(crate) enum RelayOutcome {
 pub(crate) struct RelaySource {
     id: u64,
     name: SafeName,
-    depth: usize,
+    per_tap: usize,
+    budget: RelayBudget,
     outcome: watch::Sender<RelayOutcome>,
     /// One per tap still fed; a tap that fell behind (or went away) is dropped from here.
-    taps: Vec<mpsc::Sender<RelayChunk>>,
+    taps: Vec<Feed>,
 }
 
 impl RelaySource {
-    /// A relay of `name` whose taps each hold at most [`RELAY_BUFFER`] bytes of chunks of up to
-    /// `max_chunk` bytes.
-    pub fn new(id: u64, name: SafeName, max_chunk: usize) -> RelaySource {
-        let depth = (RELAY_BUFFER / max_chunk.max(1)).max(1);
-        RelaySource { id, name, depth, outcome: watch::channel(RelayOutcome::Pending).0, taps: Vec::new() }
+    /// A relay of `name` whose taps each hold at most `per_tap` bytes of chunks, and all together
+    /// no more than `budget` has left.
+    pub fn new(id: u64, name: SafeName, per_tap: usize, budget: RelayBudget) -> RelaySource {
+        let outcome = watch::channel(RelayOutcome::Pending).0;
+        RelaySource { id, name, per_tap, budget, outcome, taps: Vec::new() }
     }
 
     pub fn id(&self) -> u64 {
@@ -79,9 +124,17 @@ impl RelaySource {
 
     /// A new receiver of this relay's chunks from now on.
     pub fn tap(&mut self) -> RelayTap {
-        let (sender, chunks) = mpsc::channel(self.depth);
-        self.taps.push(sender);
-        RelayTap { id: self.id, name: self.name.clone(), chunks: Some(chunks), outcome: self.outcome.subscribe() }
+        let (sender, chunks) = mpsc::channel(RELAY_MAX_CHUNKS);
+        let room = Arc::new(AtomicUsize::new(self.per_tap));
+        self.taps.push(Feed { sender, room: room.clone() });
+        RelayTap {
+            id: self.id,
+            name: self.name.clone(),
+            chunks: Some(chunks),
+            room,
+            budget: self.budget.clone(),
+            outcome: self.outcome.subscribe(),
+        }
     }
 
     /// Whether any tap is still fed.
@@ -92,7 +145,22 @@ impl RelaySource {
 
     /// Hands a checked chunk to every tap that has room for it; a tap without room is cut off.
     pub fn forward(&mut self, data: &Bytes, md5: Md5Sum) {
-        self.taps.retain(|tap| tap.try_send((data.clone(), md5)).is_ok());
+        let (budget, len) = (&self.budget, data.len());
+        self.taps.retain(|feed| {
+            if !take(&feed.room, len) {
+                return false;
+            }
+            if !budget.take(len) {
+                feed.room.fetch_add(len, Ordering::AcqRel);
+                return false;
+            }
+            if feed.sender.try_send((data.clone(), md5)).is_err() {
+                feed.room.fetch_add(len, Ordering::AcqRel);
+                budget.give(len);
+                return false;
+            }
+            true
+        });
     }
 
     /// The upload is committed. The caller holds the client table's lock (see the module doc).
@@ -122,6 +190,9 @@ pub(crate) struct RelayTap {
     pub name: SafeName,
     /// `None` once the source stopped feeding this tap and every chunk it sent was taken.
     chunks: Option<mpsc::Receiver<RelayChunk>>,
+    /// What the chunks taken give back to.
+    room: Arc<AtomicUsize>,
+    budget: RelayBudget,
     outcome: watch::Receiver<RelayOutcome>,
 }
 
@@ -138,7 +209,7 @@ impl RelayTap {
 
     /// Waits for the next chunk (if `want_chunk`) or the outcome, whichever comes first. Cancel-safe.
     pub async fn next_event(&mut self, want_chunk: bool) -> TapEvent {
-        let RelayTap { chunks, outcome, .. } = self;
+        let RelayTap { chunks, outcome, room, budget, .. } = self;
         let got = match chunks.as_mut() {
             Some(receiver) if want_chunk => tokio::select! {
                 chunk = receiver.recv() => Some(chunk),
@@ -151,12 +222,28 @@ impl RelayTap {
         };
         match got {
             Some(chunk) => {
-                if chunk.is_none() {
-                    *chunks = None;
+                match &chunk {
+                    Some((data, _)) => {
+                        room.fetch_add(data.len(), Ordering::AcqRel);
+                        budget.give(data.len());
+                    }
+                    None => *chunks = None,
                 }
                 TapEvent::Chunk(chunk)
             }
             None => TapEvent::Settled,
+        }
+    }
+}
+
+impl Drop for RelayTap {
+    /// Gives back what the chunks still queued took.
+    fn drop(&mut self) {
+        if let Some(chunks) = self.chunks.as_mut() {
+            chunks.close();
+            while let Ok((data, _)) = chunks.try_recv() {
+                self.budget.give(data.len());
+            }
         }
     }
 }
@@ -185,8 +272,12 @@ mod tests {
         /// The next chunk, waiting for it even once the outcome is known.
         async fn next_chunk(&mut self) -> Option<RelayChunk> {
             let chunk = self.chunks.as_mut()?.recv().await;
-            if chunk.is_none() {
-                self.chunks = None;
+            match &chunk {
+                Some((data, _)) => {
+                    self.room.fetch_add(data.len(), Ordering::AcqRel);
+                    self.budget.give(data.len());
+                }
+                None => self.chunks = None,
             }
             chunk
         }
@@ -196,13 +287,14 @@ mod tests {
         }
     }
 
-    fn source(max_chunk: usize) -> RelaySource {
-        RelaySource::new(7, SafeName::parse("big.bin", 1024).unwrap(), max_chunk)
+    fn source(per_tap: usize, budget: &RelayBudget) -> RelaySource {
+        RelaySource::new(7, SafeName::parse("big.bin", 1024).unwrap(), per_tap, budget.clone())
     }
 
     #[tokio::test]
     async fn chunks_reach_every_tap_in_order_and_the_commit_follows() {
-        let mut source = source(1 << 20);
+        let budget = RelayBudget::new(1 << 20);
+        let mut source = source(1 << 20, &budget);
         let (mut a, mut b) = (source.tap(), source.tap());
         for i in 0..3u8 {
             let data = Bytes::from(vec![i; 10]);
@@ -223,20 +315,27 @@ mod tests {
                 RelayOutcome::Committed { version: 4, size: 30, md5: Md5Sum::ZERO, mtime_ns: 99 }
             );
         }
+        assert_eq!(budget.available(), 1 << 20, "every chunk taken gave its bytes back");
     }
 
     #[tokio::test]
     async fn a_tap_that_falls_behind_is_cut_off_and_the_others_go_on() {
-        // 16 MiB chunks: one fits in a tap's buffer.
-        let mut source = source(RELAY_BUFFER);
+        // Room for two chunks per tap, three in all.
+        let budget = RelayBudget::new(15);
+        let mut source = source(10, &budget);
         let (mut slow, mut quick) = (source.tap(), source.tap());
         let data = Bytes::from_static(b"chunk");
-        source.forward(&data, Md5Sum::ZERO);
-        assert!(quick.next_chunk().await.is_some());
+        for _ in 0..2 {
+            source.forward(&data, Md5Sum::ZERO);
+            assert!(quick.next_chunk().await.is_some());
+        }
+        assert_eq!(budget.available(), 5, "slow holds two chunks");
         source.forward(&data, Md5Sum::ZERO);
         assert!(source.is_fed());
         assert!(quick.next_chunk().await.is_some());
-        assert!(slow.next_chunk().await.is_some(), "what it had room for arrives");
+        for _ in 0..2 {
+            assert!(slow.next_chunk().await.is_some(), "what it had room for arrives");
+        }
         assert!(slow.next_chunk().await.is_none(), "then nothing: it was cut off");
         source.forward(&data, Md5Sum::ZERO);
         assert!(quick.next_chunk().await.is_some());
@@ -244,11 +343,31 @@ mod tests {
         drop(quick);
         source.forward(&data, Md5Sum::ZERO);
         assert!(!source.is_fed(), "a tap that went away is not fed");
+        assert_eq!(budget.available(), 15);
+    }
+
+    #[tokio::test]
+    async fn the_budget_of_all_relays_bounds_them_together() {
+        let budget = RelayBudget::new(10);
+        let mut first = source(100, &budget);
+        let mut second = source(100, &budget);
+        let (a, mut b) = (first.tap(), second.tap());
+        let data = Bytes::from_static(b"chunk");
+        first.forward(&data, Md5Sum::ZERO);
+        first.forward(&data, Md5Sum::ZERO);
+        assert_eq!(budget.available(), 0);
+        second.forward(&data, Md5Sum::ZERO);
+        assert!(!second.is_fed(), "no budget left: cut off");
+        assert!(b.next_chunk().await.is_none());
+        // A tap that goes away gives back what it held.
+        drop(a);
+        assert_eq!(budget.available(), 10);
     }
 
     #[tokio::test]
     async fn an_upload_that_ends_without_a_commit_aborts_its_relay() {
-        let mut source = source(1 << 20);
+        let budget = RelayBudget::new(1 << 20);
+        let mut source = source(1 << 20, &budget);
         let mut tap = source.tap();
         let data = Bytes::from_static(b"chunk");
         source.forward(&data, Md5Sum::ZERO);
