@@ -16,7 +16,11 @@
 #             complete on B, against a raw loopback copy of the same file:
 #             socat -u -b 1048576 FILE:in TCP:127.0.0.1:PORT into a socat
 #             TCP-LISTEN receiver, then `sync` of the output (ferry's server
-#             fsyncs before it pushes), as in bench/transfer.sh
+#             fsyncs before it pushes), as in bench/transfer.sh; also when
+#             the server committed it (its file appears under sync/files by
+#             rename, after the fsync; polled every 5 ms) and how long B
+#             took after that (the server relays a large upload to B as it
+#             arrives, so B should need little more than the commit)
 # Targets (docs/sync.md): p50 < 50 ms, p99 < 200 ms, 1,000 files < 5 s,
 # big file at >= 0.5x the raw copy's rate.
 #
@@ -69,11 +73,13 @@ WORK=$(mktemp -d "$PARENT/ferry-sync-bench.XXXXXX")
 DATA=$WORK/server
 CLIENT_PIDS=()
 RECV_PID=""
+COMMIT_PID=""
 
 cleanup() {
     local rc=$? pid
     for pid in "${CLIENT_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     [[ -z $RECV_PID ]] || kill "$RECV_PID" 2>/dev/null || true
+    [[ -z $COMMIT_PID ]] || kill "$COMMIT_PID" 2>/dev/null || true
     stop_ferry "$DATA" || true
     rm -rf "$WORK"
     exit "$rc"
@@ -141,10 +147,17 @@ cpu_ticks() { local l; read -r l <"/proc/$1/stat"; l=${l##*) }; set -- $l; echo 
 SERVER_PID=$(<"$DATA/ferry.pid")
 sync
 cpu0=("$(cpu_ticks "${CLIENT_PIDS[0]}")" "$(cpu_ticks "$SERVER_PID")" "$(cpu_ticks "${CLIENT_PIDS[1]}")")
+python3 -c 'import os, sys, time
+while not os.path.exists(sys.argv[1]): time.sleep(0.005)
+print(time.time())' "$DATA/sync/files/big.bin" >"$WORK/committed" &
+COMMIT_PID=$!
 t0=$(now_us)
 mv "$WORK/input" "$WORK/A/big.bin"
 arrived=$($PROBE arrive "$WORK/B" big.bin "$BYTES") || die "the big file did not arrive"
 SYNC_US=$(awk -v a="$arrived" -v t="$t0" 'BEGIN { printf "%d", a * 1e6 - t }')
+wait "$COMMIT_PID" || die "no committed file seen on the server"
+COMMIT_PID=""
+COMMIT_US=$(awk -v c="$(<"$WORK/committed")" -v t="$t0" 'BEGIN { printf "%d", c * 1e6 - t }')
 sleep 0.5 # B finishes answering the push
 TICK=$(getconf CLK_TCK)
 CPU_A=$(( $(cpu_ticks "${CLIENT_PIDS[0]}") - cpu0[0] ))
@@ -159,7 +172,7 @@ machine_facts "$ROOT"
 echo "  command    bench/sync.sh$( ((QUICK)) && echo " --quick")  (COUNT=$COUNT FILES=$FILES SIZE=$SIZE)"
 echo
 awk -v p50="$P50" -v p99="$P99" -v max="$MAX" -v n="$COUNT" -v bulk="$BULK" -v files="$FILES" \
-    -v raw="$RAW_US" -v ferry="$SYNC_US" -v bytes="$BYTES" -v size="$SIZE" \
+    -v raw="$RAW_US" -v ferry="$SYNC_US" -v commit="$COMMIT_US" -v bytes="$BYTES" -v size="$SIZE" \
     -v a="$CPU_A" -v s="$CPU_S" -v bb="$CPU_B" -v tick="$TICK" 'BEGIN {
     mib = bytes / 1048576
     printf "| measure | result | target |\n|---|---|---|\n"
@@ -170,5 +183,6 @@ awk -v p50="$P50" -v p99="$P99" -v max="$MAX" -v n="$COUNT" -v bulk="$BULK" -v f
     printf "| %s file, raw loopback copy + fsync | %.2f s (%.0f MiB/s) | |\n", size, raw / 1e6, mib / (raw / 1e6)
     printf "| %s file, A to B through the server | %.2f s (%.0f MiB/s) | |\n", size, ferry / 1e6, mib / (ferry / 1e6)
     printf "| %s file, ferry rate / raw rate | %.2fx | >= 0.5x |\n", size, raw / ferry
+    printf "| %s file, committed on the server / then complete on B | %.2f s / %.2f s more | |\n", size, commit / 1e6, (ferry - commit) / 1e6
     printf "| %s file, CPU (user + system): client A / server / client B | %.2f / %.2f / %.2f s | |\n", size, a / tick, s / tick, bb / tick
 }'

@@ -177,6 +177,17 @@ fn on_server(server: &Server, name: &str) -> Option<Vec<u8>> {
     std::fs::read(server.data.join("sync/files").join(name)).ok()
 }
 
+/// Bytes in `client`'s temporary files: what it has of files still being received.
+fn receiving(client: &Client) -> u64 {
+    let Ok(dir) = std::fs::read_dir(client.path(".ferry-sync/tmp")) else { return 0 };
+    dir.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum()
+}
+
+/// Waits until `client` has received at least `min` bytes of a file not yet complete.
+fn wait_receiving(client: &Client, min: u64) {
+    wait_for("part of a file received", DEADLINE, || (receiving(client) >= min).then_some(()));
+}
+
 fn staged_uploads(server: &Server) -> usize {
     std::fs::read_dir(server.data.join("sync/uploads")).map(|d| d.count()).unwrap_or(0)
 }
@@ -365,6 +376,8 @@ fn a_client_killed_mid_upload_leaves_no_partial_file_and_no_lock() {
     b.wait_connected(1);
     a.put("big.bin", &bytes(8 * MIB, 3));
     wait_upload_under_way(&server, "big.bin", 512 * 1024);
+    // The upload is relayed to b as it arrives: b has part of it, which the abort must take away.
+    wait_receiving(&b, 256 * 1024);
     a.kill();
     wait_for("the partial upload to be dropped", DEADLINE, || (staged_uploads(&server) == 0).then_some(()));
     assert!(on_server(&server, "big.bin").is_none(), "no partial file on the server");
@@ -376,6 +389,30 @@ fn a_client_killed_mid_upload_leaves_no_partial_file_and_no_lock() {
     });
     let leftovers: Vec<_> = std::fs::read_dir(b.path(".ferry-sync/tmp")).unwrap().collect();
     assert!(leftovers.is_empty());
+}
+
+#[test]
+fn a_large_upload_reaches_the_others_while_it_is_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_sync(dir.path(), &[]);
+    let a = Client::start(&server, dir.path(), "a", &["--limit-rate", "4M", "--chunk-size", "256K"]);
+    let b = Client::start(&server, dir.path(), "b", &[]);
+    let c = Client::start(&server, dir.path(), "c", &[]);
+    for client in [&a, &b, &c] {
+        client.wait_connected(1);
+    }
+    let data = bytes(12 * MIB, 11);
+    a.put("big.bin", &data);
+    // Cut-through: b and c are writing the file before the server has all of it...
+    wait_receiving(&b, 2 * MIB as u64);
+    wait_receiving(&c, 2 * MIB as u64);
+    assert!(on_server(&server, "big.bin").is_none(), "the upload is not committed yet");
+    // ...and see it complete only once the server has committed it.
+    assert!(!b.path("big.bin").exists() && !c.path("big.bin").exists());
+    let want = hash(&data);
+    converge(&[&a, &b, &c], "the relayed file arrived", |t| t.get("big.bin") == Some(&want) && t.len() == 1);
+    assert_eq!(blake3_hex(&on_server(&server, "big.bin").unwrap()), want);
+    wait_for("the temporary files to go", DEADLINE, || (receiving(&b) + receiving(&c) == 0).then_some(()));
 }
 
 #[test]
@@ -413,6 +450,8 @@ fn an_upload_continues_across_a_live_upgrade() {
     let data = bytes(6 * MIB, 5);
     a.put("moving.bin", &data);
     wait_upload_under_way(&server, "moving.bin", MIB as u64);
+    // b receives it as it is uploaded: the relay ends at the upgrade, and b gets the file afterwards.
+    wait_receiving(&b, 256 * 1024);
     let old_pid = server.current_pid();
     let out = run(ferry().args(["upgrade", "--json", "--data"]).arg(&server.data));
     assert!(out.status.success(), "upgrade failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -11,6 +11,7 @@
 use std::io::Cursor;
 
 use bytes::{Buf, BytesMut};
+use ferry_core::Conn;
 
 use crate::wire::message::CHUNK_HEADER_LEN;
 use crate::{DecodeError, Limits, Message, StatusCode, WireError};
@@ -88,6 +89,21 @@ pub fn encode(message: &Message) -> bytes::Bytes {
     buf.freeze()
 }
 
+/// Queues `message` on `conn`. A File Chunk's data is queued as it is, after its encoded header,
+/// rather than copied (the connection writes both with one vectored write).
+pub fn queue(conn: &mut Conn, message: &Message) {
+    let mut head = BytesMut::with_capacity(message.encoded_len().min(QUEUE_HEAD_CAPACITY));
+    let data = message.encode_head(&mut head).cloned();
+    conn.queue(head.freeze());
+    if let Some(data) = data {
+        conn.queue(data);
+    }
+}
+
+/// Capacity reserved up front for what [`queue`] encodes (a chunk's header and name, or a whole
+/// message of another kind: a META-DATA grows the buffer as it needs).
+const QUEUE_HEAD_CAPACITY: usize = 64 * 1024;
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -160,6 +176,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(r.next(&mut buf, &Limits::default()), Next::Message(Message::Status(StatusCode::Ok))));
+    }
+
+    #[test]
+    fn a_chunk_encodes_as_its_head_then_its_data_unchanged() {
+        let chunk = chunk("d/name", b"the chunk's data");
+        let mut head = BytesMut::new();
+        let data = chunk.encode_head(&mut head).unwrap().clone();
+        assert_eq!(
+            data.as_ptr(),
+            match &chunk {
+                Message::FileChunk { data, .. } => data.as_ptr(),
+                _ => unreachable!(),
+            }
+        );
+        head.extend_from_slice(&data);
+        assert_eq!(head.freeze(), encode(&chunk));
+        let other = Message::Finished { md5: crate::Md5Sum::ZERO, name: SafeName::parse("f", 64).unwrap() };
+        let mut whole = BytesMut::new();
+        assert!(other.encode_head(&mut whole).is_none());
+        assert_eq!(whole.freeze(), encode(&other));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::folder::mtime_ns;
 use super::rate_limit::RateLimit;
 use super::shared::{Job, Shared};
 use crate::chunk_digests::{ChunkDigests, DigestedVersion};
-use crate::message_reader::{MessageReader, Next, encode};
+use crate::message_reader::{MessageReader, Next};
 use crate::twin_md5::chunk_md5_and_update;
 use crate::{Md5Sum, Message, StatusCode};
 
@@ -164,7 +164,7 @@ struct Driver {
 
 impl Driver {
     fn send(&mut self, conn: &mut Conn, message: &Message) {
-        conn.queue(encode(message));
+        crate::message_reader::queue(conn, message);
         self.last_tx = Instant::now();
     }
 

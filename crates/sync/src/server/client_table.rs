@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::relay::{RelaySource, RelayTap};
 use crate::{ClientId, QueuedUpdate, Role, UpdateKind, UpdateQueue};
 
 /// One live connection of a client, and how to end it.
@@ -36,10 +37,21 @@ struct ClientEntry {
     push: Option<ConnSlot>,
     /// The file the push connection is sending now (taken out of the queue).
     pushing: Option<SafeName>,
-    /// Wakes the push connection when the queue gets an entry.
+    /// The relayed upload the push connection is bound to, if any (see [`super::relay`]): `pushing`
+    /// is its file meanwhile.
+    relay: Option<RelayBinding>,
+    /// Wakes the push connection when the queue gets an entry or a relay is offered.
     wake: Arc<Notify>,
     /// When the entry was made or last lost a connection: entries that nobody attaches to are reaped.
     since: Instant,
+}
+
+/// A client's push connection bound to a relayed upload.
+#[derive(Debug)]
+struct RelayBinding {
+    id: u64,
+    /// The tap, until the push connection takes it.
+    offer: Option<RelayTap>,
 }
 
 /// The table is full: the hello is refused.
@@ -78,6 +90,7 @@ impl ClientTable {
             update: None,
             push: None,
             pushing: None,
+            relay: None,
             wake: Arc::new(Notify::new()),
             since: Instant::now(),
         }))
@@ -90,6 +103,7 @@ impl ClientTable {
         let replaced: Vec<ConnSlot> = entry.update.take().into_iter().chain(entry.push.take()).collect();
         entry.queue = UpdateQueue::new(entry.queue.capacity());
         entry.pushing = None;
+        entry.relay = None;
         entry.update = Some(slot);
         Ok(replaced)
     }
@@ -133,17 +147,20 @@ impl ClientTable {
         })
     }
 
-    /// Queues `name` for every client but `except` (the one that committed it). Returns the
-    /// connections of clients whose queue was full: they are ended, and resynchronise on reconnect.
+    /// Queues `name` for every client but `except` (the one that committed it) and those bound to the
+    /// relay `relayed` (they get the file through it). Returns the connections of clients whose queue
+    /// was full: they are ended, and resynchronise on reconnect.
     pub fn enqueue_others(
         &mut self,
         except: &ClientId,
         name: &SafeName,
         version: u64,
         kind: UpdateKind,
+        relayed: Option<u64>,
     ) -> Vec<ConnSlot> {
         let mut overflowed = Vec::new();
-        for (client, entry) in self.entries.iter_mut().filter(|(c, _)| *c != except) {
+        let others = self.entries.iter_mut().filter(|(c, _)| *c != except);
+        for (client, entry) in others.filter(|(_, e)| relayed.is_none() || e.relay.as_ref().map(|r| r.id) != relayed) {
             match entry.queue.push(name.clone(), version, kind) {
                 Ok(_) => entry.wake.notify_one(),
                 Err(full) => {
@@ -183,6 +200,43 @@ impl ClientTable {
         let update = entry.queue.pop()?;
         entry.pushing = Some(update.name.clone());
         Some(update)
+    }
+
+    /// Offers `source`'s upload of `name` to the push connection of every client but `except` that is
+    /// attached and idle (nothing being pushed, nothing queued, no relay): each gets a tap, and its
+    /// file counts as being pushed. Returns how many were offered it.
+    pub fn offer_relay(&mut self, except: &ClientId, name: &SafeName, source: &mut RelaySource) -> usize {
+        let mut offered = 0;
+        for (_, entry) in self.entries.iter_mut().filter(|(c, _)| *c != except) {
+            if entry.push.is_none() || entry.pushing.is_some() || !entry.queue.is_empty() || entry.relay.is_some() {
+                continue;
+            }
+            entry.relay = Some(RelayBinding { id: source.id(), offer: Some(source.tap()) });
+            entry.pushing = Some(name.clone());
+            entry.wake.notify_one();
+            offered += 1;
+        }
+        offered
+    }
+
+    /// The relay tap offered to `client`'s push connection, if there is one it has not taken.
+    pub fn take_relay(&mut self, client: &ClientId) -> Option<RelayTap> {
+        self.entries.get_mut(client)?.relay.as_mut()?.offer.take()
+    }
+
+    /// `client`'s push connection lets go of relay `id`; the file stays marked as being pushed if
+    /// `still_pushing` (the push goes on from the committed file). `false` if the client was not bound
+    /// to that relay (any more).
+    pub fn end_relay(&mut self, client: &ClientId, id: u64, still_pushing: bool) -> bool {
+        let Some(entry) = self.entries.get_mut(client) else { return false };
+        if entry.relay.as_ref().is_none_or(|r| r.id != id) {
+            return false;
+        }
+        entry.relay = None;
+        if !still_pushing {
+            entry.pushing = None;
+        }
+        true
     }
 
     /// Marks what `client`'s push connection is sending (`None`: nothing).
@@ -247,6 +301,7 @@ impl ClientTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::relay::RelayBudget;
 
     fn c(s: &str) -> ClientId {
         ClientId::parse(s).unwrap()
@@ -295,7 +350,7 @@ mod tests {
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
             t.start_session(&c(id), slot(i as u64)).unwrap();
         }
-        assert!(t.enqueue_others(&c("a"), &n("f"), 4, UpdateKind::Write).is_empty());
+        assert!(t.enqueue_others(&c("a"), &n("f"), 4, UpdateKind::Write, None).is_empty());
         assert!(!t.is_pending(&c("a"), &n("f")));
         assert!(t.is_pending(&c("b"), &n("f")) && t.is_pending(&c("c"), &n("f")));
         let popped = t.pop(&c("b")).unwrap();
@@ -306,13 +361,63 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_goes_to_idle_push_connections_and_its_commit_skips_them() {
+        let mut t = ClientTable::new(10, 100);
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            t.start_session(&c(id), slot(2 * i as u64)).unwrap();
+        }
+        // b and c have their push connections, c is busy; d has none.
+        t.attach(&c("b"), Role::Push, slot(11)).unwrap();
+        t.attach(&c("c"), Role::Push, slot(12)).unwrap();
+        t.enqueue(&c("c"), &n("other"), 1, UpdateKind::Write);
+        let mut source = RelaySource::new(9, n("big"), 1 << 20, RelayBudget::new(1 << 20));
+        assert_eq!(t.offer_relay(&c("a"), &n("big"), &mut source), 1);
+        assert!(t.is_pending(&c("b"), &n("big")), "a relayed file counts as being pushed");
+        let tap = t.take_relay(&c("b")).unwrap();
+        assert_eq!((tap.id, tap.name.clone()), (9, n("big")));
+        assert!(t.take_relay(&c("b")).is_none(), "taken once");
+        assert!(t.take_relay(&c("c")).is_none() && t.take_relay(&c("d")).is_none());
+        // Busy now: a second relay is not offered to b.
+        let mut second = RelaySource::new(10, n("big2"), 1 << 20, RelayBudget::new(1 << 20));
+        assert_eq!(t.offer_relay(&c("a"), &n("big2"), &mut second), 0);
+
+        // The commit queues the file for c and d only.
+        t.enqueue_others(&c("a"), &n("big"), 5, UpdateKind::Write, Some(9));
+        assert_eq!(t.pop(&c("b")).map(|u| u.name), None);
+        assert!(t.is_pending(&c("c"), &n("big")) && t.is_pending(&c("d"), &n("big")));
+        // b's push goes on from the committed file, then ends.
+        assert!(!t.end_relay(&c("b"), 10, true), "not bound to that relay");
+        assert!(t.end_relay(&c("b"), 9, true));
+        assert!(t.is_pending(&c("b"), &n("big")));
+        t.set_pushing(&c("b"), None);
+        // Unbound, b is queued by the next commit of the same relay id like everyone.
+        t.enqueue_others(&c("a"), &n("big"), 6, UpdateKind::Write, Some(9));
+        assert!(t.is_pending(&c("b"), &n("big")));
+    }
+
+    #[test]
+    fn a_new_session_drops_its_relay() {
+        let mut t = ClientTable::new(10, 100);
+        t.start_session(&c("a"), slot(1)).unwrap();
+        t.start_session(&c("b"), slot(2)).unwrap();
+        t.attach(&c("b"), Role::Push, slot(3)).unwrap();
+        let mut source = RelaySource::new(9, n("big"), 1 << 20, RelayBudget::new(1 << 20));
+        assert_eq!(t.offer_relay(&c("a"), &n("big"), &mut source), 1);
+        t.start_session(&c("b"), slot(4)).unwrap();
+        assert!(t.take_relay(&c("b")).is_none());
+        assert!(!t.end_relay(&c("b"), 9, false), "the old push connection's release changes nothing");
+        t.enqueue_others(&c("a"), &n("big"), 5, UpdateKind::Write, Some(9));
+        assert!(t.is_pending(&c("b"), &n("big")), "the new session gets the file the usual way");
+    }
+
+    #[test]
     fn the_table_and_its_queues_are_bounded() {
         let mut t = ClientTable::new(2, 1);
         t.start_session(&c("a"), slot(1)).unwrap();
         t.start_session(&c("b"), slot(2)).unwrap();
         assert_eq!(t.start_session(&c("c"), slot(3)).unwrap_err(), TableFull(2));
-        t.enqueue_others(&c("a"), &n("f"), 1, UpdateKind::Write);
-        let overflowed = t.enqueue_others(&c("a"), &n("g"), 2, UpdateKind::Write);
+        t.enqueue_others(&c("a"), &n("f"), 1, UpdateKind::Write, None);
+        let overflowed = t.enqueue_others(&c("a"), &n("g"), 2, UpdateKind::Write, None);
         assert_eq!(overflowed.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
     }
 

@@ -27,6 +27,7 @@ use ferry_core::config::SyncConfig;
 use ferry_files::{FileStore, SafeName, StoreError};
 
 use super::client_table::{ClientTable, ConnSlot, SavedClient};
+use super::relay::{RELAY_BUDGET, RELAY_PER_TAP, RelayBudget, RelayOutcome, RelaySource, RelayTap};
 use super::roster_file::{RosterFile, RosterFileError};
 use super::staged_upload::{StagedUpload, clear_dir};
 use crate::chunk_digests::{ChunkDigests, DigestCache, DigestedVersion};
@@ -103,6 +104,9 @@ pub struct SyncHub {
     roster_file: RosterFile,
     handover_file: PathBuf,
     next_conn_id: AtomicU64,
+    next_relay_id: AtomicU64,
+    /// Bytes of relayed chunks all relays may have queued at once.
+    relay_budget: RelayBudget,
     /// Set between `prepare_handover` and a rollback: nothing may change the shared state.
     handed_over: AtomicBool,
 }
@@ -139,6 +143,8 @@ impl SyncHub {
             roster_file,
             handover_file: dir.join("handover.json"),
             next_conn_id: AtomicU64::new(rand::random::<u64>() >> 16),
+            next_relay_id: AtomicU64::new(1),
+            relay_budget: RelayBudget::new(RELAY_BUDGET),
             handed_over: AtomicBool::new(false),
             config,
         };
@@ -263,9 +269,45 @@ impl SyncHub {
         self.roster().release(name, client);
     }
 
+    /// Starts relaying `client`'s upload of `name` to the other clients whose push connections are
+    /// idle (see [`super::relay`]). `None` if none is.
+    pub(crate) fn open_relay(&self, client: &ClientId, name: &SafeName) -> Option<RelaySource> {
+        let id = self.next_relay_id.fetch_add(1, Ordering::Relaxed);
+        let mut source = RelaySource::new(id, name.clone(), RELAY_PER_TAP, self.relay_budget.clone());
+        let offered = self.clients().offer_relay(client, name, &mut source);
+        (offered > 0).then_some(source)
+    }
+
+    /// `client`'s push connection lets go of `tap` before the push is done (it parks, closes, or the
+    /// client refused the file). If the upload was committed meanwhile (the commit did not queue the
+    /// file for this client) and `requeue`, the file is queued for it now, to be pushed the usual
+    /// way. Decided under the client table's lock, as the commit is.
+    pub(crate) fn abandon_relay(&self, client: &ClientId, tap: &RelayTap, requeue: bool) {
+        let mut clients = self.clients();
+        if !clients.end_relay(client, tap.id, false) || !requeue {
+            return;
+        }
+        if let RelayOutcome::Committed { version, .. } = tap.outcome()
+            && !clients.enqueue(client, &tap.name, version, UpdateKind::Write)
+        {
+            tracing::warn!(client = %client, "sync: cannot queue {} after its relay ended", tap.name);
+        }
+    }
+
+    /// `client`'s push connection carries a relayed push on from the committed file.
+    pub(crate) fn relay_to_push(&self, client: &ClientId, tap: &RelayTap) {
+        self.clients().end_relay(client, tap.id, true);
+    }
+
+    /// The relay tap offered to `client`'s push connection, if any.
+    pub(crate) fn take_relay(&self, client: &ClientId) -> Option<RelayTap> {
+        self.clients().take_relay(client)
+    }
+
     /// Commits a finished upload: renames the staged file into place (durably), records the new
-    /// version, queues it for every other client and saves the roster. Blocking. The lock is released
-    /// whatever happens.
+    /// version, queues it for every other client (but those its `relay` carries it to, which learn of
+    /// the commit instead) and saves the roster. Blocking. The lock is released whatever happens; a
+    /// relay not committed is aborted when dropped.
     pub(crate) fn commit_upload(
         &self,
         client: &ClientId,
@@ -273,6 +315,7 @@ impl SyncHub {
         staged: &StagedUpload,
         size: u64,
         md5: Md5Sum,
+        relay: Option<RelaySource>,
     ) -> StatusCode {
         let committed = self.store.commit(&staged.path, name).and_then(|_| {
             let path = self.store.resolve(name)?;
@@ -293,8 +336,18 @@ impl SyncHub {
         }
         let overflowed = {
             let mut roster = self.roster();
-            match roster.commit_update(name, client, size, md5, mtime_ns(&meta)) {
-                Ok(entry) => self.clients().enqueue_others(client, name, entry.version, UpdateKind::Write),
+            let mtime = mtime_ns(&meta);
+            match roster.commit_update(name, client, size, md5, mtime) {
+                Ok(entry) => {
+                    let mut clients = self.clients();
+                    let relayed = relay.as_ref().map(RelaySource::id);
+                    let overflowed = clients.enqueue_others(client, name, entry.version, UpdateKind::Write, relayed);
+                    if let Some(relay) = relay {
+                        relay.commit(entry.version, size, md5, mtime);
+                    }
+                    tracing::debug!(client = %client, "sync: committed {name} ({size} bytes, version {})", entry.version);
+                    overflowed
+                }
                 Err(e) => {
                     // The lock was lost (the client's session was replaced meanwhile); the file is in
                     // place and the rescan at the next start records it.
@@ -323,7 +376,7 @@ impl SyncHub {
         let overflowed = {
             let mut roster = self.roster();
             match roster.commit_delete(name, client, now_ns()) {
-                Ok(entry) => self.clients().enqueue_others(client, name, entry.version, UpdateKind::Delete),
+                Ok(entry) => self.clients().enqueue_others(client, name, entry.version, UpdateKind::Delete, None),
                 Err(e) => {
                     tracing::error!("sync: {e}");
                     return StatusCode::FileInUse;
@@ -531,7 +584,7 @@ mod tests {
         assert_eq!(hub.acquire(&n("x/f"), &b, LeaseKind::Update), Err(StatusCode::FileLocked));
         let staged = StagedUpload::create(hub.uploads_dir()).unwrap();
         staged.write_at(b"data", 0).unwrap();
-        assert_eq!(hub.commit_upload(&a, &n("x/f"), &staged, 4, Md5Sum::of(b"data")), StatusCode::Ok);
+        assert_eq!(hub.commit_upload(&a, &n("x/f"), &staged, 4, Md5Sum::of(b"data"), None), StatusCode::Ok);
         assert_eq!(std::fs::read(dir.path().join("files/x/f")).unwrap(), b"data");
         assert!(hub.clients().is_pending(&b, &n("x/f")));
         // b's change of x/f was based on the version before: refused until b has received it.
@@ -559,7 +612,7 @@ mod tests {
         let new = SyncHub::open(dir.path(), config(), false).unwrap();
         old.acquire(&n("f"), &a, LeaseKind::Update).unwrap();
         let staged = StagedUpload::create(old.uploads_dir()).unwrap();
-        assert_eq!(old.commit_upload(&a, &n("f"), &staged, 0, Md5Sum::EMPTY), StatusCode::Ok);
+        assert_eq!(old.commit_upload(&a, &n("f"), &staged, 0, Md5Sum::EMPTY, None), StatusCode::Ok);
         // ...and takes over once the old one has stopped.
         old.prepare_handover().unwrap();
         new.catch_up().unwrap();

@@ -9,6 +9,7 @@
 mod client_table;
 mod hub;
 mod push_session;
+mod relay;
 mod roster_file;
 mod service;
 mod staged_upload;
@@ -24,7 +25,7 @@ pub use roster_file::RosterFileError;
 pub use service::{SyncPushService, SyncUpdateService};
 pub use state::{Expect, PushItemState, PushState, STATE_FORMAT, UpdateState, UploadState};
 
-use crate::message_reader::{encode, max_message_len};
+use crate::message_reader::max_message_len;
 use crate::{ClientId, Hello, Limits, Message, PROTOCOL_VERSION, Role};
 
 /// How long a closing connection may take to flush what is queued.
@@ -42,7 +43,7 @@ pub(crate) fn max_read_buffer(limits: &Limits) -> usize {
 }
 
 pub(crate) fn queue_message(conn: &mut Conn, message: &Message) {
-    conn.queue(encode(message));
+    crate::message_reader::queue(conn, message);
 }
 
 /// Checks a connection's first message: a hello of this protocol version

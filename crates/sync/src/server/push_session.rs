@@ -5,6 +5,13 @@
 //! File, and follows the client's Status replies: resend on a bad checksum or size, give up on an
 //! abort or File In Use.
 //!
+//! A large upload another client is making while this connection is idle is relayed as it arrives
+//! ([`super::relay`]): its chunks go out as the server checks them, and once the server has committed
+//! the file the push goes on as a normal one from where the relay got to (the rest read from the
+//! committed file), ending with Finished. An upload that fails is followed by Abort File. A relay
+//! does not park: a connection parking mid-relay sends Abort File, and the file is pushed the usual
+//! way after its commit, in whichever process makes it.
+//!
 //! The whole file's md5 comes from the roster, which recorded it at commit, when the file opened is
 //! the one the roster describes (same size and mtime); only a file replaced between the roster read
 //! and the open is digested again. Every point between messages is a safe point: a parked push keeps
@@ -26,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client_table::ConnSlot;
 use super::hub::{SyncHub, mtime_ns};
+use super::relay::{RelayChunk, RelayOutcome, RelayTap, TapEvent};
 use super::state::{Expect, PushItemState, PushState, STATE_FORMAT};
 use super::{accept_hello, close_conn, queue_message, read_high_water};
 use crate::chunk_digests::{ChunkDigests, DigestedVersion};
@@ -58,8 +66,22 @@ struct WriteItem {
     digests: Option<Arc<ChunkDigests>>,
 }
 
+/// A file being relayed from another client's upload in progress.
+struct RelayItem {
+    tap: RelayTap,
+    /// Bytes the client accepted.
+    sent: u64,
+    /// The chunk sent after `sent`, kept for a resend until the client answers.
+    unanswered: Option<RelayChunk>,
+    /// The next chunk from the relay.
+    next: Option<RelayChunk>,
+    /// Whether a chunk went out: the client then has a partial file to drop if the relay ends.
+    started: bool,
+}
+
 enum Item {
     Write(WriteItem),
+    Relay(RelayItem),
     Delete(SafeName),
 }
 
@@ -67,6 +89,7 @@ impl Item {
     fn name(&self) -> &SafeName {
         match self {
             Item::Write(w) => &w.name,
+            Item::Relay(r) => &r.tap.name,
             Item::Delete(name) => name,
         }
     }
@@ -205,9 +228,11 @@ impl PushSession {
     }
 
     fn park_state(&self) -> PushState {
-        let current = self.current.as_ref().map(|item| match item {
-            Item::Delete(name) => PushItemState::Delete { name: name.to_string() },
-            Item::Write(w) => PushItemState::Write {
+        let current = self.current.as_ref().and_then(|item| match item {
+            // Let go of before parking (`let_go_of_relay`).
+            Item::Relay(_) => None,
+            Item::Delete(name) => Some(PushItemState::Delete { name: name.to_string() }),
+            Item::Write(w) => Some(PushItemState::Write {
                 name: w.name.to_string(),
                 size: w.size,
                 mtime_ns: w.mtime_ns,
@@ -215,7 +240,7 @@ impl PushSession {
                 sent: w.sent,
                 unanswered: w.unanswered.as_ref().map(|(data, _)| data.len() as u32),
                 finished_sent: w.finished_sent,
-            },
+            }),
         });
         PushState {
             format: STATE_FORMAT,
@@ -254,11 +279,16 @@ impl PushSession {
             }
             let pausing = ctx.pause.requested().is_some();
             if pausing {
+                self.let_go_of_relay(conn, ctx);
                 return End::Park;
             }
             self.advance(conn, ctx).await;
             let idle = self.current.is_none() && self.client.is_some();
             let reading = matches!(&self.current, Some(Item::Write(w)) if w.reading.is_some());
+            let relay_pending =
+                matches!(&self.current, Some(Item::Relay(r)) if r.tap.outcome() == RelayOutcome::Pending);
+            let relay_chunk =
+                relay_pending && matches!(&self.current, Some(Item::Relay(r)) if r.next.is_none() && r.tap.is_fed());
             let want_read = conn.read_buf().len() < high_water;
             let timer = (self.last_rx + config.idle_timeout).min(self.last_tx + config.keepalive);
             let wake = self.wake.clone();
@@ -269,21 +299,19 @@ impl PushSession {
                     return End::Close;
                 }
                 _ = ctx.pause.wait() => {}
-                read = wait_read(&mut self.current), if reading => {
-                    if let Some(Item::Write(w)) = self.current.as_mut() {
-                        w.reading = None;
-                        match read {
-                            Ok(Ok(chunk)) => w.next = Some(chunk),
-                            Ok(Err(e)) => {
-                                tracing::warn!(client = ?self.client, "sync: cannot read {} to push it: {e}", w.name);
-                                let (md5, name) = (w.md5, w.name.clone());
-                                self.abort_current(conn, ctx, md5, name);
-                            }
-                            Err(e) => {
-                                tracing::error!("sync: read task failed: {e}");
+                event = current_event(&mut self.current, relay_chunk), if reading || relay_chunk || relay_pending => {
+                    match event {
+                        CurrentEvent::Read(read) => {
+                            if self.read_landed(read, conn, ctx).is_err() {
                                 return End::Close;
                             }
                         }
+                        CurrentEvent::Relay(TapEvent::Chunk(chunk)) => {
+                            if let (Some(Item::Relay(r)), Some(chunk)) = (self.current.as_mut(), chunk) {
+                                r.next = Some(chunk);
+                            }
+                        }
+                        CurrentEvent::Relay(TapEvent::Settled) => {}
                     }
                 }
                 _ = wake.notified(), if idle => {}
@@ -311,6 +339,31 @@ impl PushSession {
                 }
             }
         }
+    }
+
+    /// The current write's read-ahead is done: its chunk goes next, or, if the file cannot be read,
+    /// the push is aborted. `Err`: the read task failed (the connection is closed).
+    fn read_landed(
+        &mut self,
+        read: Result<io::Result<(Bytes, Md5Sum)>, tokio::task::JoinError>,
+        conn: &mut Conn,
+        ctx: &SessionCtx,
+    ) -> Result<(), ()> {
+        let Some(Item::Write(w)) = self.current.as_mut() else { return Ok(()) };
+        w.reading = None;
+        match read {
+            Ok(Ok(chunk)) => w.next = Some(chunk),
+            Ok(Err(e)) => {
+                tracing::warn!(client = ?self.client, "sync: cannot read {} to push it: {e}", w.name);
+                let (md5, name) = (w.md5, w.name.clone());
+                self.abort_current(conn, ctx, md5, name);
+            }
+            Err(e) => {
+                tracing::error!("sync: read task failed: {e}");
+                return Err(());
+            }
+        }
+        Ok(())
     }
 
     fn send(&mut self, conn: &mut Conn, message: &Message) {
@@ -355,6 +408,26 @@ impl PushSession {
                 }
                 refusal => {
                     tracing::info!(client = %client, "sync: client refused {}: {}", w.name, refusal.description());
+                    self.end_current(ctx, false);
+                }
+            },
+            (Expect::Chunk, Some(Item::Relay(r))) => match code {
+                StatusCode::Ok => {
+                    if let Some((data, _)) = r.unanswered.take() {
+                        r.sent += data.len() as u64;
+                        ctx.handle.progress(r.sent);
+                    }
+                }
+                StatusCode::ResendChecksum | StatusCode::ResendChunkSize => {
+                    if let Some((data, md5)) = r.unanswered.clone() {
+                        let message = Message::FileChunk { md5, name: r.tap.name.clone(), data };
+                        self.send(conn, &message);
+                        self.expect.push_back(Expect::Chunk);
+                    }
+                }
+                refusal => {
+                    tracing::info!(client = %client, "sync: client refused {}: {}", r.tap.name, refusal.description());
+                    self.hub.abandon_relay(&client, &r.tap, false);
                     self.end_current(ctx, false);
                 }
             },
@@ -432,8 +505,71 @@ impl PushSession {
                     self.send(conn, &message);
                     self.expect.push_back(Expect::Chunk);
                 }
+                Some(Item::Relay(r)) => {
+                    if r.unanswered.is_some() {
+                        return;
+                    }
+                    match r.tap.outcome() {
+                        RelayOutcome::Pending => {
+                            let Some((data, md5)) = r.next.take() else { return };
+                            let message = Message::FileChunk { md5, name: r.tap.name.clone(), data: data.clone() };
+                            r.unanswered = Some((data, md5));
+                            r.started = true;
+                            ctx.registry.add_sent(message.encoded_len() as u64);
+                            self.send(conn, &message);
+                            self.expect.push_back(Expect::Chunk);
+                            return;
+                        }
+                        RelayOutcome::Aborted => {
+                            tracing::debug!(client = %client, "sync: the upload of {} relayed here failed", r.tap.name);
+                            let (name, started) = (r.tap.name.clone(), r.started);
+                            self.hub.abandon_relay(&client, &r.tap, false);
+                            if started {
+                                self.abort_current(conn, ctx, Md5Sum::ZERO, name);
+                            } else {
+                                self.end_current(ctx, false);
+                            }
+                        }
+                        committed @ RelayOutcome::Committed { .. } => {
+                            let Some(Item::Relay(r)) = self.current.take() else { return };
+                            let (hub, name) = (self.hub.clone(), r.tap.name.clone());
+                            let opened =
+                                tokio::task::spawn_blocking(move || open_committed(&hub, &name, committed)).await;
+                            match opened {
+                                Ok(Some(mut item)) => {
+                                    // The relay got this far; the rest comes from the committed file.
+                                    tracing::debug!(
+                                        client = %client,
+                                        "sync: {} committed; {} of {} bytes relayed, the rest from the file",
+                                        item.name,
+                                        r.sent,
+                                        item.size
+                                    );
+                                    self.hub.relay_to_push(&client, &r.tap);
+                                    item.sent = r.sent;
+                                    item.next = r.next;
+                                    self.current = Some(Item::Write(item));
+                                }
+                                _ => {
+                                    // Replaced already: the newer version is queued the usual way.
+                                    self.hub.abandon_relay(&client, &r.tap, false);
+                                    let name = r.tap.name.clone();
+                                    self.current = Some(Item::Relay(r));
+                                    self.abort_current(conn, ctx, Md5Sum::ZERO, name);
+                                }
+                            }
+                        }
+                    }
+                }
                 Some(Item::Delete(_)) => return,
                 None => {
+                    if let Some(tap) = self.hub.take_relay(&client) {
+                        tracing::debug!(client = %client, "sync: relaying {} as it is uploaded", tap.name);
+                        ctx.handle.begin_transfer(TransferKind::Get, tap.name.as_str(), None, 0);
+                        let item = RelayItem { tap, sent: 0, unanswered: None, next: None, started: false };
+                        self.current = Some(Item::Relay(item));
+                        continue;
+                    }
                     let Some(update) = self.hub.clients().pop(&client) else { return };
                     let hub = self.hub.clone();
                     let name = update.name.clone();
@@ -471,13 +607,29 @@ impl PushSession {
                     tracing::debug!(client = %client, "sync: pushed {}", item.name());
                 }
             }
-            if matches!(item, Item::Write(_)) {
+            if matches!(item, Item::Write(_) | Item::Relay(_)) {
                 ctx.handle.end_transfer(ok, (!ok).then(|| "refused by the client".to_string()));
             }
         }
     }
 
+    /// Lets go of a relay in progress (before parking): the client drops what it has of the file,
+    /// and gets it the usual way once it is committed.
+    fn let_go_of_relay(&mut self, conn: &mut Conn, ctx: &SessionCtx) {
+        let (Some(client), Some(Item::Relay(r))) = (self.client.clone(), self.current.as_ref()) else { return };
+        self.hub.abandon_relay(&client, &r.tap, true);
+        let (name, started) = (r.tap.name.clone(), r.started);
+        if started {
+            self.abort_current(conn, ctx, Md5Sum::ZERO, name);
+        } else {
+            self.end_current(ctx, false);
+        }
+    }
+
     fn close(&mut self) {
+        if let (Some(client), Some(Item::Relay(r))) = (&self.client, &self.current) {
+            self.hub.abandon_relay(client, &r.tap, true);
+        }
         if let Some(client) = &self.client {
             self.hub.connection_ended(client, Role::Push, self.conn_id);
             tracing::info!(client = %client, "sync: client's push connection closed");
@@ -527,6 +679,31 @@ fn start(hub: &SyncHub, name: &SafeName) -> Started {
         reading: None,
         finished_sent: false,
         digests,
+    })
+}
+
+/// Opens the file a relay carried, once committed as `outcome` says, to push the rest of it from
+/// there. `None` if the file is not that version any more.
+fn open_committed(hub: &SyncHub, name: &SafeName, outcome: RelayOutcome) -> Option<WriteItem> {
+    let RelayOutcome::Committed { size, md5, mtime_ns: mtime, .. } = outcome else { return None };
+    let (file, _) = hub.store.open_file(name).ok()?;
+    let meta = file.metadata().ok()?;
+    if meta.len() != size || mtime_ns(&meta) != mtime {
+        return None;
+    }
+    let chunk_size = hub.limits().max_chunk_size;
+    Some(WriteItem {
+        name: name.clone(),
+        file: Arc::new(file),
+        size,
+        mtime_ns: mtime,
+        md5,
+        sent: 0,
+        unanswered: None,
+        next: None,
+        reading: None,
+        finished_sent: false,
+        digests: hub.digests(name, DigestedVersion { size, md5, chunk_size }),
     })
 }
 
@@ -587,10 +764,20 @@ fn md5_of(file: &File, len: u64) -> io::Result<Md5Sum> {
     Ok(Md5Sum(hasher.finalize().into()))
 }
 
-/// Waits for the current push's read-ahead.
-async fn wait_read(current: &mut Option<Item>) -> Result<io::Result<(Bytes, Md5Sum)>, tokio::task::JoinError> {
+/// What the current push waited for.
+enum CurrentEvent {
+    /// A write's read-ahead is done.
+    Read(Result<io::Result<(Bytes, Md5Sum)>, tokio::task::JoinError>),
+    /// A relay's next chunk or outcome.
+    Relay(TapEvent),
+}
+
+/// Waits for the current push: a write's read-ahead; a relay's next chunk (if `want_chunk`) or its
+/// upload's outcome.
+async fn current_event(current: &mut Option<Item>, want_chunk: bool) -> CurrentEvent {
     match current {
-        Some(Item::Write(WriteItem { reading: Some(task), .. })) => task.await,
+        Some(Item::Write(WriteItem { reading: Some(task), .. })) => CurrentEvent::Read(task.await),
+        Some(Item::Relay(r)) => CurrentEvent::Relay(r.tap.next_event(want_chunk).await),
         _ => std::future::pending().await,
     }
 }

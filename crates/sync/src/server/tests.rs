@@ -570,3 +570,134 @@ async fn a_wrong_kept_digest_is_corrected_on_the_resend() {
     b_push.send(&Message::Status(StatusCode::ResendChecksum)).await;
     assert_eq!(b_push.receive().await, ("f".to_string(), data));
 }
+
+/// Chunks large enough to be relayed.
+fn relay_config() -> SyncConfig {
+    SyncConfig { max_chunk_size: 1 << 20, ..config() }
+}
+
+/// Sends `data` as chunks of `chunk` bytes, each answered OK (no Finished).
+async fn send_chunks(peer: &mut Peer, name: &str, data: &[u8], chunk: usize) {
+    for part in data.chunks(chunk) {
+        peer.send(&Message::FileChunk { md5: Md5Sum::of(part), name: n(name), data: Bytes::copy_from_slice(part) })
+            .await;
+        assert_eq!(peer.status().await, StatusCode::Ok);
+    }
+}
+
+/// The next message on a push connection must be a chunk of `name`; answered OK, its bytes returned.
+async fn relayed_chunk(push: &mut Peer, name: &str) -> Vec<u8> {
+    match push.recv().await {
+        Message::FileChunk { md5, name: got, data } => {
+            assert_eq!(got, n(name));
+            assert_eq!(Md5Sum::of(&data), md5);
+            push.send(&Message::Status(StatusCode::Ok)).await;
+            data.to_vec()
+        }
+        other => panic!("expected a chunk of {name}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_large_upload_is_relayed_as_it_arrives_and_finished_after_its_commit() {
+    let chunk = 256 * 1024;
+    let h = Harness::start(relay_config()).await;
+    let (mut a, _a_push, _) = h.client("a").await;
+    let (_b, mut b_push, _) = h.client("b").await;
+    let (_c, mut c_push, _) = h.client("c").await;
+    let data = bytes(3 * chunk + 1000, 5);
+    send_chunks(&mut a, "big.bin", &data[..2 * chunk], chunk).await;
+    // Both other clients have the first two chunks before the upload is finished, let alone committed.
+    let mut got_b = relayed_chunk(&mut b_push, "big.bin").await;
+    got_b.extend(relayed_chunk(&mut b_push, "big.bin").await);
+    let got_c = relayed_chunk(&mut c_push, "big.bin").await;
+    assert_eq!(got_b, &data[..2 * chunk]);
+    assert!(h.file("big.bin").is_none(), "not committed yet");
+    send_chunks(&mut a, "big.bin", &data[2 * chunk..], chunk).await;
+    a.send(&Message::Finished { md5: Md5Sum::of(&data), name: n("big.bin") }).await;
+    assert_eq!(a.status().await, StatusCode::Ok);
+    assert_eq!(b_push.receive_after(got_b).await, ("big.bin".to_string(), data.clone()));
+    assert_eq!(c_push.receive_after(got_c).await, ("big.bin".to_string(), data.clone()));
+    // Each got the file once: what comes next is the next file, not this one again.
+    assert_eq!(a.upload("next", b"small", 64).await, StatusCode::Ok);
+    assert_eq!(b_push.receive().await, ("next".to_string(), b"small".to_vec()));
+    assert_eq!(c_push.receive().await, ("next".to_string(), b"small".to_vec()));
+}
+
+#[tokio::test]
+async fn a_relayed_upload_that_fails_is_aborted_on_the_push_connections() {
+    let chunk = 256 * 1024;
+    let h = Harness::start(relay_config()).await;
+    let (mut a, a_push, _) = h.client("a").await;
+    let (_b, mut b_push, _) = h.client("b").await;
+    let data = bytes(2 * chunk, 6);
+    send_chunks(&mut a, "big.bin", &data[..chunk], chunk).await;
+    assert_eq!(relayed_chunk(&mut b_push, "big.bin").await, &data[..chunk]);
+    // The uploader vanishes: b is told to drop what it has.
+    drop(a);
+    drop(a_push);
+    assert_eq!(b_push.recv().await, Message::AbortFile { md5: Md5Sum::ZERO, name: n("big.bin") });
+    b_push.send(&Message::Status(StatusCode::Ok)).await;
+    eventually("the partial upload to go", || h.staged_files() == 0).await;
+    // b's push connection is free again, for the file of whoever uploads it next.
+    let (mut c, _c_push, _) = h.client("c").await;
+    assert_eq!(c.upload("big.bin", b"c's", 64).await, StatusCode::Ok);
+    assert_eq!(b_push.receive().await, ("big.bin".to_string(), b"c's".to_vec()));
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_a_relay_gets_the_rest_from_the_committed_file() {
+    let chunk = 256 * 1024;
+    let h = Harness::start(relay_config()).await;
+    let (mut a, _a_push, _) = h.client("a").await;
+    let (_b, mut b_push, _) = h.client("b").await;
+    // b answers nothing while the whole upload goes through and is committed.
+    let data = bytes(80 * chunk + 7, 2);
+    send_chunks(&mut a, "big.bin", &data[..chunk], chunk).await;
+    let Message::FileChunk { data: first, .. } = b_push.recv().await else { panic!("no relayed chunk") };
+    send_chunks(&mut a, "big.bin", &data[chunk..], chunk).await;
+    a.send(&Message::Finished { md5: Md5Sum::of(&data), name: n("big.bin") }).await;
+    assert_eq!(a.status().await, StatusCode::Ok, "the upload never waits for a slow receiver");
+    b_push.send(&Message::Status(StatusCode::Ok)).await;
+    assert_eq!(b_push.receive_after(first.to_vec()).await, ("big.bin".to_string(), data));
+}
+
+#[tokio::test]
+async fn a_relay_ends_at_an_upgrade_and_the_file_is_pushed_after_its_commit() {
+    let chunk = 256 * 1024;
+    let mut h = Harness::start(relay_config()).await;
+    let (mut a, _a_push, _) = h.client("a").await;
+    let (_b, mut b_push, _) = h.client("b").await;
+    let data = bytes(3 * chunk, 8);
+    send_chunks(&mut a, "big.bin", &data[..chunk], chunk).await;
+    assert_eq!(relayed_chunk(&mut b_push, "big.bin").await, &data[..chunk]);
+    upgrade(&mut h, 4).await;
+    assert_eq!(b_push.recv().await, Message::AbortFile { md5: Md5Sum::ZERO, name: n("big.bin") });
+    b_push.send(&Message::Status(StatusCode::Ok)).await;
+    // The upload carries on in the new process; b gets the whole file after the commit.
+    send_chunks(&mut a, "big.bin", &data[chunk..], chunk).await;
+    a.send(&Message::Finished { md5: Md5Sum::of(&data), name: n("big.bin") }).await;
+    assert_eq!(a.status().await, StatusCode::Ok);
+    assert_eq!(b_push.receive().await, ("big.bin".to_string(), data));
+}
+
+#[tokio::test]
+async fn a_relay_committed_before_an_upgrade_is_pushed_by_the_new_process() {
+    let chunk = 256 * 1024;
+    let mut h = Harness::start(relay_config()).await;
+    let (mut a, _a_push, _) = h.client("a").await;
+    let (_b, mut b_push, _) = h.client("b").await;
+    let data = bytes(2 * chunk, 9);
+    send_chunks(&mut a, "big.bin", &data[..chunk], chunk).await;
+    // b has the first chunk but does not answer it; meanwhile the upload is committed.
+    let Message::FileChunk { .. } = b_push.recv().await else { panic!("no relayed chunk") };
+    send_chunks(&mut a, "big.bin", &data[chunk..], chunk).await;
+    a.send(&Message::Finished { md5: Md5Sum::of(&data), name: n("big.bin") }).await;
+    assert_eq!(a.status().await, StatusCode::Ok);
+    upgrade(&mut h, 4).await;
+    b_push.send(&Message::Status(StatusCode::Ok)).await;
+    assert_eq!(b_push.recv().await, Message::AbortFile { md5: Md5Sum::ZERO, name: n("big.bin") });
+    b_push.send(&Message::Status(StatusCode::Ok)).await;
+    // The commit did not queue the file for b (the relay was carrying it); the handover did.
+    assert_eq!(b_push.receive().await, ("big.bin".to_string(), data));
+}

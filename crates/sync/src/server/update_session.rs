@@ -13,6 +13,9 @@
 //! writing overlap on two threads. At most one write per upload is in flight; Finished's commit waits
 //! for it, and a write that failed fails the upload at its next message (File In Use).
 //!
+//! A large upload is relayed to the other clients whose push connections are idle as it arrives
+//! ([`super::relay`]): each chunk once it is checked, the commit's outcome once it is known.
+//!
 //! The safe point for a live upgrade is whenever no disk work is in flight: the session stops taking
 //! messages, lets the work in flight land, and parks with each upload's name, staged file, length and
 //! partial md5.
@@ -30,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::client_table::ConnSlot;
 use super::hub::SyncHub;
+use super::relay::{RELAY_FROM, RelaySource};
 use super::staged_upload::StagedUpload;
 use super::state::{STATE_FORMAT, UpdateState, UploadState};
 use super::{accept_hello, close_conn, queue_message, read_high_water};
@@ -67,6 +71,8 @@ struct Upload {
     digests: Option<ChunkDigests>,
     /// The last accepted chunk's write, if it may not have landed yet.
     writing: Option<Writing>,
+    /// The other clients this upload is relayed to as it arrives, if any.
+    relay: Option<RelaySource>,
 }
 
 type Writing = JoinHandle<io::Result<()>>;
@@ -84,8 +90,17 @@ struct ChunkDone {
 /// A reply owed, in message order: known already, or when the disk work is done.
 enum Op {
     Ready(StatusCode),
-    Chunk { name: SafeName, len: u64, md5: Md5Sum, task: JoinHandle<ChunkDone> },
-    Commit { name: SafeName, task: JoinHandle<StatusCode> },
+    /// `data` is the chunk's, for a relay (the bytes are shared, not copied).
+    Chunk {
+        name: SafeName,
+        data: Bytes,
+        md5: Md5Sum,
+        task: JoinHandle<ChunkDone>,
+    },
+    Commit {
+        name: SafeName,
+        task: JoinHandle<StatusCode>,
+    },
 }
 
 enum OpResult {
@@ -205,6 +220,7 @@ impl UpdateSession {
                             touched: Instant::now(),
                             digests: None,
                             writing: None,
+                            relay: None,
                         },
                     );
                     session.report_start(ctx, &name);
@@ -348,8 +364,8 @@ impl UpdateSession {
     fn complete(&mut self, op: Op, result: Option<OpResult>, conn: &mut Conn, ctx: &SessionCtx) {
         let status = match (op, result) {
             (Op::Ready(status), _) => status,
-            (Op::Chunk { name, len, md5, .. }, Some(OpResult::Chunk(done))) => {
-                self.chunk_done(name, len, md5, done, ctx)
+            (Op::Chunk { name, data, md5, .. }, Some(OpResult::Chunk(done))) => {
+                self.chunk_done(name, data, md5, done, ctx)
             }
             (Op::Commit { name, .. }, Some(OpResult::Commit(done))) => {
                 let status = done.unwrap_or_else(|e| {
@@ -371,11 +387,12 @@ impl UpdateSession {
     fn chunk_done(
         &mut self,
         name: SafeName,
-        len: u64,
+        data: Bytes,
         md5: Md5Sum,
         done: Result<ChunkDone, JoinError>,
         ctx: &SessionCtx,
     ) -> StatusCode {
+        let len = data.len() as u64;
         let Ok(done) = done else {
             self.drop_upload(&name, ctx, "chunk task failed");
             return StatusCode::FileInUse;
@@ -395,6 +412,15 @@ impl UpdateSession {
                     && !u32::try_from(len).is_ok_and(|len| digests.push(md5, len))
                 {
                     upload.digests = None;
+                }
+                if upload.written == len
+                    && data.len() >= RELAY_FROM
+                    && let Some(client) = &self.client
+                {
+                    upload.relay = self.hub.open_relay(client, &name);
+                }
+                if let Some(relay) = upload.relay.as_mut() {
+                    relay.forward(&data, md5);
                 }
                 ctx.registry.add_received(len);
                 if self.reported.as_ref() == Some(&name) {
@@ -499,7 +525,7 @@ impl UpdateSession {
             self.held = Some(Held::Message(Message::FileChunk { md5, name, data }));
             return;
         };
-        let (staged, offset, len) = (upload.staged.clone(), upload.written, data.len() as u64);
+        let (staged, offset, kept) = (upload.staged.clone(), upload.written, data.clone());
         let previous = upload.writing.take();
         if previous.is_none() && data.len() < WRITE_BEHIND_FROM {
             // A small chunk: written at once, on the same thread, with no hand-over to wait for.
@@ -508,7 +534,7 @@ impl UpdateSession {
                 let write = if verdict == ChunkVerdict::Accepted { staged.write_at(&data, offset) } else { Ok(()) };
                 ChunkDone { tracker, verdict, write, writing: None }
             });
-            self.ops.push_back(Op::Chunk { name, len, md5, task });
+            self.ops.push_back(Op::Chunk { name, data: kept, md5, task });
             return;
         }
         let task = tokio::spawn(async move {
@@ -526,7 +552,7 @@ impl UpdateSession {
                 .then(|| tokio::task::spawn_blocking(move || staged.write_at(&data, offset)));
             ChunkDone { tracker, verdict, write, writing }
         });
-        self.ops.push_back(Op::Chunk { name, len, md5, task });
+        self.ops.push_back(Op::Chunk { name, data: kept, md5, task });
     }
 
     /// The first chunk (or a Finished alone: an empty file) of a file: lock it and stage it.
@@ -553,6 +579,7 @@ impl UpdateSession {
                 touched: Instant::now(),
                 digests: Some(ChunkDigests::new()),
                 writing: None,
+                relay: None,
             },
         );
         self.report_start(ctx, name);
@@ -587,8 +614,11 @@ impl UpdateSession {
                     self.hub.keep_digests(&name, version, digests);
                 }
                 let (hub, client, staged, file) = (self.hub.clone(), client.clone(), upload.staged, name.clone());
+                let relay = upload.relay;
                 let task = match upload.writing {
-                    None => tokio::task::spawn_blocking(move || hub.commit_upload(&client, &file, &staged, size, md5)),
+                    None => tokio::task::spawn_blocking(move || {
+                        hub.commit_upload(&client, &file, &staged, size, md5, relay)
+                    }),
                     Some(writing) => tokio::spawn(async move {
                         if let Err(e) = landed(Some(writing)).await {
                             tracing::warn!(client = %client, "sync: upload of {file} dropped: cannot write: {e}");
@@ -596,7 +626,7 @@ impl UpdateSession {
                             hub.release(&file, &client);
                             return StatusCode::FileInUse;
                         }
-                        let commit = move || hub.commit_upload(&client, &file, &staged, size, md5);
+                        let commit = move || hub.commit_upload(&client, &file, &staged, size, md5, relay);
                         tokio::task::spawn_blocking(commit).await.unwrap_or_else(|e| {
                             tracing::error!("sync: commit task failed: {e}");
                             StatusCode::FileInUse

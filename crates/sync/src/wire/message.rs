@@ -209,6 +209,15 @@ impl Message {
     /// fields cannot express: names and chunks are kept within [`Limits`] before they get here.
     pub fn encode(&self, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len());
+        if let Some(data) = self.encode_head(dst) {
+            dst.put_slice(data);
+        }
+    }
+
+    /// Appends the message's bytes but for a File Chunk's data, which is returned, to be sent right
+    /// after them as it is: a chunk goes out without being copied into the output buffer. `None` for
+    /// the other messages, appended whole. Panics as [`Message::encode`] does.
+    pub fn encode_head(&self, dst: &mut BytesMut) -> Option<&Bytes> {
         match self {
             Message::FileChunk { md5, name, data } => {
                 let size = u32::try_from(data.len()).expect("a chunk fits the 32-bit chunk size field");
@@ -216,7 +225,7 @@ impl Message {
                 dst.put_slice(&md5.0);
                 dst.put_u32_le(size);
                 put_name(dst, name);
-                dst.put_slice(data);
+                return Some(data);
             }
             Message::Status(code) => {
                 dst.put_u16_le(MessageType::Status as u16);
@@ -233,6 +242,7 @@ impl Message {
             Message::Hello(hello) => hello.encode(dst),
             Message::MetaData(metadata) => metadata.encode(dst),
         }
+        None
     }
 
     /// The number of bytes [`Message::encode`] appends.
