@@ -148,6 +148,12 @@ pub struct SyncConfig {
     /// An upload that receives no chunk for this long is discarded and its
     /// lock released, even if the connection stays up.
     pub lease_timeout_secs: u64,
+    /// Bytes of a large upload's chunks that may wait for one receiving
+    /// client while the upload is relayed to it before its commit; a client
+    /// further behind is cut off and gets the rest after the commit.
+    pub relay_per_client_bytes: u64,
+    /// Bytes of relayed chunks waiting in all relays of the server at once.
+    pub relay_total_bytes: u64,
 }
 
 /// The in-memory file cache shared by the native GET and HTTP. Plain values
@@ -258,6 +264,8 @@ impl Default for SyncConfig {
             keepalive_secs: 10,
             idle_timeout_secs: 60,
             lease_timeout_secs: 120,
+            relay_per_client_bytes: 128 * MIB,
+            relay_total_bytes: 256 * MIB,
         }
     }
 }
@@ -405,6 +413,9 @@ impl Config {
         }
         if y.lease_timeout_secs == 0 {
             return bad("sync.lease_timeout_secs must be at least 1");
+        }
+        if y.relay_total_bytes > 4096 * MIB || y.relay_per_client_bytes > y.relay_total_bytes {
+            return bad("sync.relay_per_client_bytes must not exceed sync.relay_total_bytes, at most 4294967296");
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use ferry_core::config::SyncConfig;
 use ferry_files::{FileStore, SafeName, StoreError};
 
 use super::client_table::{ClientTable, ConnSlot, SavedClient};
-use super::relay::{RELAY_BUDGET, RELAY_PER_TAP, RelayBudget, RelayOutcome, RelaySource, RelayTap};
+use super::relay::{RelayBudget, RelayOutcome, RelaySource, RelayTap};
 use super::roster_file::{RosterFile, RosterFileError};
 use super::staged_upload::{StagedUpload, clear_dir};
 use crate::chunk_digests::{ChunkDigests, DigestCache, DigestedVersion};
@@ -52,6 +52,10 @@ pub struct HubConfig {
     pub keepalive: Duration,
     pub idle_timeout: Duration,
     pub lease_timeout: Duration,
+    /// Bytes of relayed chunks one receiving client may have waiting.
+    pub relay_per_client: usize,
+    /// Bytes of relayed chunks waiting in all relays at once.
+    pub relay_total: usize,
 }
 
 impl HubConfig {
@@ -69,6 +73,8 @@ impl HubConfig {
             keepalive: Duration::from_secs(c.keepalive_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             lease_timeout: Duration::from_secs(c.lease_timeout_secs),
+            relay_per_client: usize::try_from(c.relay_per_client_bytes).unwrap_or(usize::MAX),
+            relay_total: usize::try_from(c.relay_total_bytes).unwrap_or(usize::MAX),
         }
     }
 }
@@ -144,7 +150,7 @@ impl SyncHub {
             handover_file: dir.join("handover.json"),
             next_conn_id: AtomicU64::new(rand::random::<u64>() >> 16),
             next_relay_id: AtomicU64::new(1),
-            relay_budget: RelayBudget::new(RELAY_BUDGET),
+            relay_budget: RelayBudget::new(config.relay_total),
             handed_over: AtomicBool::new(false),
             config,
         };
@@ -273,7 +279,7 @@ impl SyncHub {
     /// idle (see [`super::relay`]). `None` if none is.
     pub(crate) fn open_relay(&self, client: &ClientId, name: &SafeName) -> Option<RelaySource> {
         let id = self.next_relay_id.fetch_add(1, Ordering::Relaxed);
-        let mut source = RelaySource::new(id, name.clone(), RELAY_PER_TAP, self.relay_budget.clone());
+        let mut source = RelaySource::new(id, name.clone(), self.config.relay_per_client, self.relay_budget.clone());
         let offered = self.clients().offer_relay(client, name, &mut source);
         (offered > 0).then_some(source)
     }

@@ -13,7 +13,7 @@
 //! client (held by its push connection), joined by
 //!
 //! - a bounded channel of chunks per tap: the uploader never waits for a receiver. A tap holding
-//!   [`RELAY_PER_TAP`] bytes, or finding the server's [`RELAY_BUDGET`] for all relays spent, has fallen
+//!   `sync.relay_per_client_bytes`, or finding the server's `sync.relay_total_bytes` for all relays spent, has fallen
 //!   behind and is cut off; its push connection waits for the commit and then sends the rest from the
 //!   committed file (a slow receiver never makes the server buffer the file). The allowance is large
 //!   because a receiver does a little more work per byte than the server (it checks and writes the
@@ -42,11 +42,6 @@ use crate::Md5Sum;
 /// Relay only uploads whose first chunk is at least this large: a small file is one chunk and its
 /// commit is quick, so it is pushed the usual way.
 pub(crate) const RELAY_FROM: usize = 256 * 1024;
-/// Bytes of chunks one receiving client may have waiting before it is cut off (it then catches up from
-/// the committed file).
-pub(crate) const RELAY_PER_TAP: usize = 128 << 20;
-/// Bytes of chunks waiting in all of a server's relays at once.
-pub(crate) const RELAY_BUDGET: usize = 256 << 20;
 /// Chunks one receiving client may have waiting (whatever their size).
 const RELAY_MAX_CHUNKS: usize = 4096;
 

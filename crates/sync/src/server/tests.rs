@@ -648,7 +648,8 @@ async fn a_relayed_upload_that_fails_is_aborted_on_the_push_connections() {
 #[tokio::test]
 async fn a_client_that_falls_behind_a_relay_gets_the_rest_from_the_committed_file() {
     let chunk = 256 * 1024;
-    let h = Harness::start(relay_config()).await;
+    // b may fall 4 MiB behind; the upload is 20 MiB, so b is cut off.
+    let h = Harness::start(SyncConfig { relay_per_client_bytes: 4 << 20, ..relay_config() }).await;
     let (mut a, _a_push, _) = h.client("a").await;
     let (_b, mut b_push, _) = h.client("b").await;
     // b answers nothing while the whole upload goes through and is committed.
