@@ -13,10 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG,
-    LAST_MODIFIED, X_CONTENT_TYPE_OPTIONS,
-};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
@@ -27,7 +24,7 @@ use crate::blocking::run_blocking;
 use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
 use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole};
-use crate::file_head::{FileHead, header_value};
+use crate::file_head::{FileHead, content_guards, header_value, validators};
 use crate::file_stream::FileStream;
 use crate::fresh_stat::{self, Arrival};
 use crate::path::name_from_path;
@@ -260,29 +257,27 @@ fn with_validators(status: StatusCode, head: &FileHead, body: Body) -> Response 
     let h = resp.headers_mut();
     // Room for every header a file answer has, in one allocation.
     h.reserve(ANSWER_HEADERS);
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(ETAG, head.etag_value.clone());
-    h.insert(LAST_MODIFIED, head.last_modified.clone());
-    // Revalidate every time: the etag makes that a cheap 304.
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    validators(h, &head.etag_value, &head.last_modified);
     resp
 }
 
 /// A 200 or 206 (or the HEAD of one): bytes `start..end` of the file.
 fn file_response(seen: &Seen, status: StatusCode, start: u64, end: u64, body: Body) -> Response {
+    let whole = start == 0 && end == seen.meta.size;
+    if status == StatusCode::OK && whole {
+        // The header block made once for this version.
+        let mut resp = Response::new(body);
+        *resp.headers_mut() = seen.head.whole.clone();
+        return resp;
+    }
     let mut resp = with_validators(status, &seen.head, body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, seen.head.content_type.clone());
-    let whole = start == 0 && end == seen.meta.size;
     h.insert(CONTENT_LENGTH, if whole { seen.head.length.clone() } else { HeaderValue::from(end - start) });
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(CONTENT_RANGE, header_value(&format!("bytes {start}-{}/{}", end - 1, seen.meta.size)));
     }
-    // Files are client-supplied: never let a browser sniff them into HTML,
-    // and run any HTML served from here in an opaque origin, away from the
-    // dashboard's.
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    content_guards(h);
     resp
 }
 
