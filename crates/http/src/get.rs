@@ -13,10 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG,
-    LAST_MODIFIED, X_CONTENT_TYPE_OPTIONS,
-};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
@@ -27,8 +24,9 @@ use crate::blocking::run_blocking;
 use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
 use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole};
-use crate::file_head::{FileHead, header_value};
+use crate::file_head::{FileHead, content_guards, header_value, validators};
 use crate::file_stream::FileStream;
+use crate::fresh_stat::{self, Arrival};
 use crate::path::name_from_path;
 use crate::range::RangeRequest;
 use crate::state::HttpState;
@@ -53,13 +51,15 @@ pub async fn get_file(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    // The head has been read: a look at the file from here on is fresh enough.
+    let arrival = fresh_stat::arrive();
     let name = name_from_path(uri.path())?;
     let head = method == Method::HEAD;
     let whole_max = state.limits().whole_file_max_bytes.min(MAX_WHOLE_FILE_BYTES);
     // A name checked a moment ago is looked at on this thread; a file that
     // changed since, or an answer that needs the disk, goes on to the
     // blocking pool.
-    let mut looked = look_recent(&state, &name, &headers, head);
+    let mut looked = look_recent(&state, &name, &headers, head, arrival).await;
     // Shared with the blocking pool only if a look there is needed.
     let mut shared: Option<Arc<HeaderMap>> = None;
     for _ in 0..MAX_ATTEMPTS {
@@ -181,12 +181,19 @@ fn plan(cache: Option<&FileCache>, headers: &HeaderMap, head: bool, seen: Seen) 
 }
 
 /// The look without the blocking pool, for a name that passed the store's
-/// check less than [`crate::resolved_names::TRUST_FOR`] ago: one stat on
-/// this thread, trusted only if the file is still the version checked then.
-/// `None` sends the request to [`look`].
-fn look_recent(state: &HttpState, name: &SafeName, headers: &HeaderMap, head: bool) -> Option<Look> {
+/// check less than [`crate::resolved_names::TRUST_FOR`] ago: a stat on this
+/// thread taken after the request arrived (shared with the requests that
+/// arrived with it: [`fresh_stat`]), trusted only if the file is still the
+/// version checked then. `None` sends the request to [`look`].
+async fn look_recent(
+    state: &HttpState,
+    name: &SafeName,
+    headers: &HeaderMap,
+    head: bool,
+    arrival: Arrival,
+) -> Option<Look> {
     let checked = state.resolved().recent(name, Instant::now())?;
-    let meta = state.store().stat_known(name, &checked.etag)?;
+    let meta = fresh_stat::stat_since(arrival, state.store(), name, &checked.etag).await?;
     match plan(state.cache().map(Arc::as_ref), headers, head, Seen { meta, head: checked }) {
         Plan::Answer(found) => Some(found),
         Plan::Read(..) => None,
@@ -250,29 +257,27 @@ fn with_validators(status: StatusCode, head: &FileHead, body: Body) -> Response 
     let h = resp.headers_mut();
     // Room for every header a file answer has, in one allocation.
     h.reserve(ANSWER_HEADERS);
-    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(ETAG, head.etag_value.clone());
-    h.insert(LAST_MODIFIED, head.last_modified.clone());
-    // Revalidate every time: the etag makes that a cheap 304.
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    validators(h, &head.etag_value, &head.last_modified);
     resp
 }
 
 /// A 200 or 206 (or the HEAD of one): bytes `start..end` of the file.
 fn file_response(seen: &Seen, status: StatusCode, start: u64, end: u64, body: Body) -> Response {
+    let whole = start == 0 && end == seen.meta.size;
+    if status == StatusCode::OK && whole {
+        // The header block made once for this version.
+        let mut resp = Response::new(body);
+        *resp.headers_mut() = seen.head.whole.clone();
+        return resp;
+    }
     let mut resp = with_validators(status, &seen.head, body);
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, seen.head.content_type.clone());
-    let whole = start == 0 && end == seen.meta.size;
     h.insert(CONTENT_LENGTH, if whole { seen.head.length.clone() } else { HeaderValue::from(end - start) });
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(CONTENT_RANGE, header_value(&format!("bytes {start}-{}/{}", end - 1, seen.meta.size)));
     }
-    // Files are client-supplied: never let a browser sniff them into HTML,
-    // and run any HTML served from here in an opaque origin, away from the
-    // dashboard's.
-    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    content_guards(h);
     resp
 }
 
@@ -315,6 +320,12 @@ mod tests {
         )
     }
 
+    /// [`look_recent`] for a request arriving now.
+    fn recent(state: &HttpState, name: &SafeName, headers: &HeaderMap, head: bool) -> Option<Look> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(look_recent(state, name, headers, head, fresh_stat::arrive()))
+    }
+
     fn checked(state: &HttpState, name: &str, head: bool) -> Look {
         look(state, &n(name), &HeaderMap::new(), head, MAX_WHOLE_FILE_BYTES).unwrap()
     }
@@ -335,24 +346,24 @@ mod tests {
         let root = s.store().root().to_path_buf();
         std::fs::write(root.join("a"), b"one").unwrap();
         let h = HeaderMap::new();
-        assert!(look_recent(&s, &n("a"), &h, false).is_none(), "never checked");
+        assert!(recent(&s, &n("a"), &h, false).is_none(), "never checked");
         let first = checked(&s, "a", false);
         assert!(matches!(first, Look::Load(..)), "a small file goes through the cache");
-        let again = look_recent(&s, &n("a"), &h, false).expect("checked a moment ago");
+        let again = recent(&s, &n("a"), &h, false).expect("checked a moment ago");
         assert!(matches!(again, Look::Load(..)));
         assert_eq!(etag_of(&again), etag_of(&first));
 
         // Replaced (new inode): the quick look declines, the checked one sees it.
         std::fs::write(root.join("a.new"), b"two").unwrap();
         std::fs::rename(root.join("a.new"), root.join("a")).unwrap();
-        assert!(look_recent(&s, &n("a"), &h, false).is_none());
+        assert!(recent(&s, &n("a"), &h, false).is_none());
         let second = checked(&s, "a", false);
         assert_ne!(etag_of(&second), etag_of(&first));
-        assert_eq!(etag_of(&look_recent(&s, &n("a"), &h, false).unwrap()), etag_of(&second));
+        assert_eq!(etag_of(&recent(&s, &n("a"), &h, false).unwrap()), etag_of(&second));
 
         // Removed: declined, and the checked look says 404.
         std::fs::remove_file(root.join("a")).unwrap();
-        assert!(look_recent(&s, &n("a"), &h, false).is_none());
+        assert!(recent(&s, &n("a"), &h, false).is_none());
         assert!(matches!(look(&s, &n("a"), &h, false, MAX_WHOLE_FILE_BYTES), Err(HttpError::NotFound(_))));
     }
 
@@ -365,16 +376,16 @@ mod tests {
         let h = HeaderMap::new();
         assert!(matches!(checked(&s, "big", false), Look::Send(_, Answer { content: Content::Whole(_), .. })));
         // Over the cache's item bound: the bytes come from the disk.
-        assert!(look_recent(&s, &n("big"), &h, false).is_none());
+        assert!(recent(&s, &n("big"), &h, false).is_none());
         // A HEAD, or a 304, needs no bytes.
-        let head = look_recent(&s, &n("big"), &h, true).unwrap();
+        let head = recent(&s, &n("big"), &h, true).unwrap();
         assert!(matches!(head, Look::Send(_, Answer { content: Content::Nothing, .. })));
         let mut inm = HeaderMap::new();
         inm.insert(
             axum::http::header::IF_NONE_MATCH,
             HeaderValue::from_str(&format!("\"{}\"", etag_of(&head))).unwrap(),
         );
-        assert!(matches!(look_recent(&s, &n("big"), &inm, false), Some(Look::NotModified(_))));
+        assert!(matches!(recent(&s, &n("big"), &inm, false), Some(Look::NotModified(_))));
     }
 
     #[test]
@@ -388,10 +399,10 @@ mod tests {
         symlink(root.join("inside"), root.join("link")).unwrap();
         let h = HeaderMap::new();
         checked(&s, "link", false);
-        assert!(look_recent(&s, &n("link"), &h, false).is_some());
+        assert!(recent(&s, &n("link"), &h, false).is_some());
         std::fs::remove_file(root.join("link")).unwrap();
         symlink(outside.path().join("secret"), root.join("link")).unwrap();
-        assert!(look_recent(&s, &n("link"), &h, false).is_none(), "another file: declined");
+        assert!(recent(&s, &n("link"), &h, false).is_none(), "another file: declined");
         assert!(matches!(look(&s, &n("link"), &h, false, MAX_WHOLE_FILE_BYTES), Err(HttpError::NotFound(_))));
     }
 }

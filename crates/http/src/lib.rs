@@ -22,6 +22,7 @@ pub mod file_body;
 mod file_head;
 mod file_lane;
 mod file_stream;
+mod fresh_stat;
 mod get;
 pub mod metrics;
 pub mod path;

@@ -8,9 +8,11 @@
 //! remembered with the version it had (its [`FileHead`]: etag and header
 //! values). A request for it stats the file on the async thread instead
 //! ([`ferry_files::FileStore::stat_known`], one `stat` of a path whose
-//! metadata the kernel has cached) and goes on only if the file is still
-//! that version. Every request still looks at the file, so a changed file is
-//! never answered from what is remembered here.
+//! metadata the kernel has cached, shared by the requests that arrived
+//! before it: [`crate::fresh_stat`]) and goes on only if the file is still
+//! that version. Every request is answered from a look at the file taken
+//! after it arrived, so a changed file is never answered from what is
+//! remembered here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
