@@ -159,7 +159,14 @@ impl Conn {
         let mut event = IoEvent::default();
         if self.out_len > 0 {
             let (slices, count) = out_slices(&self.out);
-            match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]) {
+            // One chunk (a request–reply session's usual case) goes out with
+            // a plain `write`: the kernel's single-buffer path is shorter
+            // than importing a one-element iovec.
+            let written = match slices[..count] {
+                [one] => Pin::new(&mut self.stream).poll_write(cx, &one[..]),
+                _ => Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]),
+            };
+            match written {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")));
                 }
