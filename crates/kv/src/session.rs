@@ -132,6 +132,11 @@ async fn serve(
                     if flushes {
                         // memcached writes after each get and `mn`: keep
                         // the same points so pipelines see the same bytes.
+                        // With nothing more buffered (one request in
+                        // flight), go on to write and read at once: the
+                        // reply is then gone before the next batch, which
+                        // finds the reply buffer free to reuse.
+                        need_input = conn.read_buf().is_empty();
                         break;
                     }
                 }
