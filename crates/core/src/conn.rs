@@ -191,8 +191,18 @@ impl Conn {
     fn poll_pump(&mut self, cx: &mut Context<'_>, to: &mut ReadTo<'_>) -> Poll<io::Result<IoEvent>> {
         let mut event = IoEvent::default();
         if self.out_len > 0 {
-            let (slices, count) = out_slices(&self.out);
-            match Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]) {
+            // One chunk (a request–reply session's usual case) goes out with
+            // a plain `write`, without building the iovec array: the
+            // kernel's single-buffer path is also shorter than importing a
+            // one-element iovec.
+            let written = match self.out.as_slices() {
+                ([one], []) | ([], [one]) => Pin::new(&mut self.stream).poll_write(cx, one),
+                _ => {
+                    let (slices, count) = out_slices(&self.out);
+                    Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count])
+                }
+            };
+            match written {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")));
                 }

@@ -113,7 +113,9 @@ pub fn spawn_accept_loop<S: Service>(
     })
 }
 
-/// Starts one session task, fresh (`state: None`) or resumed.
+/// Starts one session task, fresh (`state: None`) or resumed, on the
+/// runtime the service names ([`Service::session_runtime`]) or else on the
+/// current one.
 pub fn spawn_session<S: Service>(
     service: Arc<S>,
     stream: TcpStream,
@@ -123,39 +125,66 @@ pub fn spawn_session<S: Service>(
 ) {
     ctx.live.fetch_add(1, Ordering::SeqCst);
     let live = LiveGuard(ctx.live.clone());
-    tokio::spawn(async move {
-        if let Some(stamp) = &ctx.handover {
-            stamp.record();
+    let Some(runtime) = service.session_runtime() else {
+        tokio::spawn(run_session(service, stream, resume, permit, ctx, live));
+        return;
+    };
+    // A tokio socket belongs to the I/O driver it was registered with:
+    // leave this one and join the session's runtime there.
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(service = S::NAME, "cannot move a connection to its session runtime: {e}");
+            return;
         }
-        let _live = live;
-        let _permit = permit;
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-        let max = service.max_read_buffer();
-        let (conn, state) = match resume {
-            Some((state, read_buf, pending_out)) => {
-                (Conn::from_parts(stream, &read_buf, &pending_out, max), Some(state))
-            }
-            None => (Conn::new(stream, max), None),
-        };
-        let handle = ctx.registry.register(S::NAME, peer);
-        let id = handle.id();
-        // Dropped as the task ends: unlisted only after a parked session
-        // has been delivered.
-        let (pause, _listed) = ctx.sessions.insert(id, S::NAME, &ctx.pause);
-        let session_ctx = SessionCtx { handle, pause, registry: ctx.registry.clone() };
-        if let SessionEnd::Paused(parked) = service.run(conn, state, session_ctx).await {
-            let paused_mono_us = monotonic_us();
-            match serde_json::to_vec(&parked.state) {
-                Ok(state) => {
-                    let parked = ParkedSession { id, service: S::NAME, conn: parked.conn, state, paused_mono_us };
-                    // Unbounded, but bounded in fact: one entry per session,
-                    // and sessions are bounded by the connection limits.
-                    if ctx.parked.send(parked).is_err() {
-                        tracing::debug!("runtime gone; dropping a parked session");
-                    }
-                }
-                Err(e) => tracing::error!(service = S::NAME, "cannot serialize session state: {e}"),
-            }
+    };
+    runtime.spawn(async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => run_session(service, stream, resume, permit, ctx, live).await,
+            Err(e) => tracing::warn!(service = S::NAME, "cannot register a connection on its session runtime: {e}"),
         }
     });
+}
+
+/// One session task from start to end: registers it, runs the service,
+/// and delivers it to the runtime if it parked.
+async fn run_session<S: Service>(
+    service: Arc<S>,
+    stream: TcpStream,
+    resume: Option<(S::State, Vec<u8>, Vec<u8>)>,
+    permit: Option<OwnedSemaphorePermit>,
+    ctx: LoopCtx,
+    live: LiveGuard,
+) {
+    if let Some(stamp) = &ctx.handover {
+        stamp.record();
+    }
+    let _live = live;
+    let _permit = permit;
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let max = service.max_read_buffer();
+    let (conn, state) = match resume {
+        Some((state, read_buf, pending_out)) => (Conn::from_parts(stream, &read_buf, &pending_out, max), Some(state)),
+        None => (Conn::new(stream, max), None),
+    };
+    let handle = ctx.registry.register(S::NAME, peer);
+    let id = handle.id();
+    // Dropped as the task ends: unlisted only after a parked session
+    // has been delivered.
+    let (pause, _listed) = ctx.sessions.insert(id, S::NAME, &ctx.pause);
+    let session_ctx = SessionCtx { handle, pause, registry: ctx.registry.clone() };
+    if let SessionEnd::Paused(parked) = service.run(conn, state, session_ctx).await {
+        let paused_mono_us = monotonic_us();
+        match serde_json::to_vec(&parked.state) {
+            Ok(state) => {
+                let parked = ParkedSession { id, service: S::NAME, conn: parked.conn, state, paused_mono_us };
+                // Unbounded, but bounded in fact: one entry per session,
+                // and sessions are bounded by the connection limits.
+                if ctx.parked.send(parked).is_err() {
+                    tracing::debug!("runtime gone; dropping a parked session");
+                }
+            }
+            Err(e) => tracing::error!(service = S::NAME, "cannot serialize session state: {e}"),
+        }
+    }
 }

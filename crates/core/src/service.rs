@@ -76,6 +76,16 @@ pub trait Service: Send + Sync + 'static {
         None
     }
 
+    /// Where this service's session tasks run. `None` (the default): on
+    /// the runtime that accepted the connection (or resumed the session).
+    /// A service may return a runtime of its own instead, such as one of
+    /// several current-thread runtimes that each serve their connections
+    /// on one OS thread; the socket is then moved to that runtime's I/O
+    /// driver before the session starts. Asked once per session.
+    fn session_runtime(&self) -> Option<tokio::runtime::Handle> {
+        None
+    }
+
     /// Tells a connection that arrived over the connection limit why it is
     /// being closed, in the protocol's own form.
     fn refuse(&self, conn: Conn, reason: String) -> impl Future<Output = ()> + Send;

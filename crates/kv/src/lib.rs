@@ -8,6 +8,7 @@ mod service;
 mod session;
 pub mod stats;
 pub mod store;
+pub mod workers;
 
 pub use service::KvService;
 pub use session::{KvState, STATE_FORMAT};

@@ -2,8 +2,8 @@
 //! part in a live upgrade (the new process opens and replays the log while
 //! the old one serves, then replays only the tail after the pause).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ferry_core::config::{KvConfig, KvDurability};
@@ -14,6 +14,7 @@ use crate::protocol::Limits;
 use crate::session::{KvState, STATE_FORMAT};
 use crate::stats::KvStats;
 use crate::store::{Durability, Store, StoreConfig, StoreError};
+use crate::workers::{SessionWorkers, worker_count};
 
 pub struct KvService {
     pub(crate) store: Arc<Store>,
@@ -23,6 +24,10 @@ pub struct KvService {
     pub(crate) info: ServerInfo,
     /// Set between `prepare_handover` and a rollback.
     handed_over: AtomicBool,
+    /// The threads sessions run on, started with the first session (a
+    /// service opened only for its store starts none). `None` inside: they
+    /// could not be started, and sessions run on the accepting runtime.
+    workers: OnceLock<Option<SessionWorkers>>,
 }
 
 impl KvService {
@@ -59,6 +64,7 @@ impl KvService {
             limits,
             info,
             handed_over: AtomicBool::new(false),
+            workers: OnceLock::new(),
         }))
     }
 
@@ -83,6 +89,17 @@ impl Service for KvService {
         ctx: SessionCtx,
     ) -> impl Future<Output = SessionEnd<KvState>> + Send {
         crate::session::run(self, conn, resume, ctx)
+    }
+
+    fn session_runtime(&self) -> Option<tokio::runtime::Handle> {
+        let workers = self.workers.get_or_init(|| match SessionWorkers::start(worker_count()) {
+            Ok(workers) => Some(workers),
+            Err(e) => {
+                tracing::error!("kv: cannot start session threads, serving on the main runtime: {e}");
+                None
+            }
+        });
+        workers.as_ref().map(SessionWorkers::next)
     }
 
     fn check_state(&self, state: &KvState) -> Result<(), String> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use ferry_core::{Conn, Parked, SessionCtx, SessionEnd};
+use ferry_core::{Conn, Parked, PauseSignal, SessionCtx, SessionEnd};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -77,6 +77,10 @@ async fn serve(
     // Replies are built here and split off to be queued. Once they are written (and dropped), `reserve`
     // finds the buffer unshared and reuses it: no allocation per request.
     let mut out = BytesMut::new();
+    // One wait for the pause, kept across requests: a fresh one per
+    // request would register with (and leave) the pause's watch channels
+    // every time.
+    let mut paused = std::pin::pin!(wait_for_pause(ctx.pause.clone()));
     loop {
         // Execute every complete request buffered.
         debug_assert!(out.is_empty());
@@ -86,6 +90,8 @@ async fn serve(
         // Whether the loop stopped for want of input (rather than at a
         // write point with complete requests possibly still buffered).
         let mut need_input = false;
+        // One clock read per batch: a pipeline's requests share a second.
+        let now = now();
         loop {
             if swallow > 0 {
                 let n = swallow.min(conn.read_buf().len());
@@ -111,7 +117,7 @@ async fn serve(
                     let mut cx = Ctx {
                         store: &svc.store,
                         stats: &svc.stats,
-                        now: now(),
+                        now,
                         out: &mut out,
                         server: &svc.info,
                         wrote: false,
@@ -126,12 +132,17 @@ async fn serve(
                     if flushes {
                         // memcached writes after each get and `mn`: keep
                         // the same points so pipelines see the same bytes.
+                        // With nothing more buffered (one request in
+                        // flight), go on to write and read at once: the
+                        // reply is then gone before the next batch, which
+                        // finds the reply buffer free to reuse.
+                        need_input = conn.read_buf().is_empty();
                         break;
                     }
                 }
                 Parse::Error { reply, consumed, swallow: skip, close: shut, drop_unsent, effect } => {
                     conn.read_buf().advance(consumed);
-                    wrote |= crate::commands::apply_effect(&svc.store, effect, now());
+                    wrote |= crate::commands::apply_effect(&svc.store, effect, now);
                     swallow = skip;
                     if drop_unsent {
                         out.clear();
@@ -172,8 +183,10 @@ async fn serve(
         }
         let want_read = need_input && room;
         tokio::select! {
+            // The socket first: a request that is already there is served
+            // without looking at the pause (the safe point above asks for it
+            // every time round), which is only here to wake an idle session.
             biased;
-            _ = ctx.pause.wait() => {}
             event = conn.pump(want_read), if want_read || conn.has_output() => match event {
                 Ok(event) if event.peer_closed() => return None,
                 Ok(event) => {
@@ -186,9 +199,18 @@ async fn serve(
                     return None;
                 }
             },
+            _ = &mut paused => {
+                // Seen by the safe point next time round; if the pause is
+                // lifted before that, wait for the next one.
+                paused.set(wait_for_pause(ctx.pause.clone()));
+            }
             _ = sleep_until(deadline) => return None,
         }
     }
+}
+
+async fn wait_for_pause(mut signal: PauseSignal) {
+    signal.wait().await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

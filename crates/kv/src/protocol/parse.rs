@@ -115,9 +115,38 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parse {
     if let Some(nul) = line.iter().position(|&b| b == 0) {
         line = &line[..nul];
     }
-    let t: Vec<&[u8]> = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).collect();
+    let mut few = [&[][..]; FEW_TOKENS];
+    let mut many = Vec::new();
+    let t = tokenize(line, &mut few, &mut many);
     let n = t.len().min(MAX_TOKENS) + 1;
     Line { line, n, t, consumed: nl + 1, rest: &buf[nl + 1..], limits }.dispatch()
+}
+
+/// Tokens of a line that fit in an array on the stack: every command but a long multiget, so the common
+/// request allocates nothing to be tokenized.
+const FEW_TOKENS: usize = 24;
+
+/// The space-separated tokens of `line`, in `few` while they fit and in `many` (all of them) past that.
+fn tokenize<'t, 'a>(
+    line: &'a [u8],
+    few: &'t mut [&'a [u8]; FEW_TOKENS],
+    many: &'t mut Vec<&'a [u8]>,
+) -> &'t [&'a [u8]] {
+    let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+    let mut count = 0;
+    for token in tokens.by_ref() {
+        few[count] = token;
+        count += 1;
+        if count == FEW_TOKENS {
+            break;
+        }
+    }
+    if count < FEW_TOKENS {
+        return &few[..count];
+    }
+    many.extend_from_slice(&few[..]);
+    many.extend(tokens);
+    many
 }
 
 /// memcached's test for a line allowed to exceed its buffer: `get ` or `gets ` after at most 100 spaces.
@@ -139,7 +168,7 @@ struct Line<'a> {
     /// The command line, without its line end: every token is a slice of it.
     line: &'a [u8],
     /// Every token (memcached reads the ones past 23 only for get and friends).
-    t: Vec<&'a [u8]>,
+    t: &'a [&'a [u8]],
     /// memcached's `ntokens`: up to 23 tokens plus its terminal one.
     n: usize,
     consumed: usize,
@@ -458,11 +487,15 @@ impl Line<'_> {
 
 /// The keys of a multiget, copied out of the read buffer in one allocation: the part of `line` from the
 /// first key to the last (tokens of that line, in order) is copied once and every key is a slice of the
-/// copy, instead of one allocation per key (16 per request in a 16-key multiget).
+/// copy, instead of one allocation per key (16 per request in a 16-key multiget). One key is copied alone.
 fn copy_keys(line: &[u8], keys: &[&[u8]]) -> Vec<Bytes> {
     let base = line.as_ptr() as usize;
     let offset = |k: &[u8]| (k.as_ptr() as usize).checked_sub(base).filter(|&o| o + k.len() <= line.len());
     let (Some(first), Some(last)) = (keys.first(), keys.last()) else { return Vec::new() };
+    if keys.len() == 1 {
+        // A slice of the copy would cost one more allocation (the copy's shared header) than the copy alone.
+        return vec![Bytes::copy_from_slice(first)];
+    }
     let (Some(start), Some(end)) = (offset(first), offset(last).map(|o| o + last.len())) else {
         debug_assert!(false, "keys are not tokens of the line");
         return keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();

@@ -583,17 +583,21 @@ proptest! {
     }
 }
 
+/// Every key, however many: around the count of tokens the tokenizer keeps on the stack (24, the command
+/// included) and well past it.
 #[test]
 fn multiget_keys_are_the_tokens() {
-    let keys: Vec<String> = (0..40).map(|i| format!("key:{i}:{}", "x".repeat(i % 7))).collect();
-    let line = format!("gets  {}  \r\n", keys.join("   "));
-    let Parse::Request { req: Request::Get { keys: got, with_cas: true }, consumed } =
-        parse(line.as_bytes(), &Limits::default())
-    else {
-        panic!("not a gets")
-    };
-    assert_eq!(consumed, line.len());
-    let got: Vec<&[u8]> = got.iter().map(|k| &k[..]).collect();
-    let want: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    assert_eq!(got, want);
+    for count in [1, 22, 23, 24, 25, 40] {
+        let keys: Vec<String> = (0..count).map(|i| format!("key:{i}:{}", "x".repeat(i % 7))).collect();
+        let line = format!("gets  {}  \r\n", keys.join("   "));
+        let Parse::Request { req: Request::Get { keys: got, with_cas: true }, consumed } =
+            parse(line.as_bytes(), &Limits::default())
+        else {
+            panic!("not a gets")
+        };
+        assert_eq!(consumed, line.len());
+        let got: Vec<&[u8]> = got.iter().map(|k| &k[..]).collect();
+        let want: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        assert_eq!(got, want, "{count} keys");
+    }
 }
