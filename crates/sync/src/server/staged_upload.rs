@@ -7,9 +7,12 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use nix::errno::Errno;
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+
+use super::direct_writes::DirectWrites;
 
 /// A partial upload on disk.
 #[derive(Debug, Clone)]
@@ -17,6 +20,18 @@ pub(crate) struct StagedUpload {
     pub id: u64,
     pub path: PathBuf,
     pub file: Arc<File>,
+    /// How large aligned chunks are written (see [`StagedUpload::write_at`]).
+    direct: Arc<Mutex<Direct>>,
+}
+
+/// Whether a staged file's large aligned chunks go through `O_DIRECT`.
+#[derive(Debug)]
+enum Direct {
+    /// Not asked yet: decided at the first chunk that fits.
+    Untried,
+    Open(DirectWrites),
+    /// No slot was free, or the filesystem refused: written buffered.
+    Off,
 }
 
 impl StagedUpload {
@@ -30,7 +45,7 @@ impl StagedUpload {
             let id: u64 = rand::random();
             let path = Self::path_of(dir, id);
             match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok(StagedUpload { id, path, file: Arc::new(file) }),
+                Ok(file) => return Ok(StagedUpload::with_file(id, path, file)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
@@ -47,7 +62,11 @@ impl StagedUpload {
             return Err(io::Error::other(format!("staged upload holds {len} bytes, {written} expected")));
         }
         file.set_len(written)?;
-        Ok(StagedUpload { id, path, file: Arc::new(file) })
+        Ok(StagedUpload::with_file(id, path, file))
+    }
+
+    fn with_file(id: u64, path: PathBuf, file: File) -> StagedUpload {
+        StagedUpload { id, path, file: Arc::new(file), direct: Arc::new(Mutex::new(Direct::Untried)) }
     }
 
     /// Writes an accepted chunk at `offset`, and starts writing it to disk.
@@ -60,7 +79,25 @@ impl StagedUpload {
     /// drops only pages already clean, none of a chunk just written), which is what
     /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` does, with no unsafe call. It is a hint: a failure
     /// changes nothing but the timing.
+    ///
+    /// A large chunk at an aligned offset is written with `O_DIRECT` instead ([`DirectWrites`]): no
+    /// page-cache copy, and its bytes are on the device when the call returns.
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        if DirectWrites::fits(data.len(), offset) {
+            // Writes of one upload come one at a time: the lock is never contended.
+            let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Direct::Untried = *direct {
+                *direct = DirectWrites::open(&self.path).map_or(Direct::Off, Direct::Open);
+            }
+            if let Direct::Open(writer) = &mut *direct {
+                match writer.write_at(data, offset) {
+                    Ok(()) => return Ok(()),
+                    // Accepted at open, refused at the write: buffered from now on.
+                    Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => *direct = Direct::Off,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         self.file.write_all_at(data, offset)?;
         if let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(data.len())) {
             let _ = posix_fadvise(&*self.file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
@@ -109,5 +146,20 @@ mod tests {
         assert!(!again.path.exists());
         StagedUpload::create(dir.path()).unwrap();
         assert_eq!(clear_dir(dir.path()).unwrap(), 1);
+    }
+
+    #[test]
+    fn large_aligned_chunks_and_a_tail_read_back_whole_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = StagedUpload::create(dir.path()).unwrap();
+        let data: Vec<u8> = (0..(5usize << 19) + 77).map(|i| (i * 13 + i / 4096) as u8).collect();
+        let chunk = 1 << 20;
+        // Two whole chunks (direct where the filesystem allows), then a reopen as after an upgrade.
+        staged.write_at(&data[..chunk], 0).unwrap();
+        staged.write_at(&data[chunk..2 * chunk], chunk as u64).unwrap();
+        let again = StagedUpload::reopen(dir.path(), staged.id, 2 * chunk as u64).unwrap();
+        again.write_at(&data[2 * chunk..], 2 * chunk as u64).unwrap();
+        again.file.sync_all().unwrap();
+        assert_eq!(std::fs::read(&again.path).unwrap(), data);
     }
 }
