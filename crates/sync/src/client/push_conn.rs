@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Direction, SyncEvent};
 use super::shared::Shared;
+use crate::direct_writes::DirectChunks;
 use crate::message_reader::{MessageReader, Next, encode};
 use crate::{ChunkVerdict, FinishVerdict, Md5Sum, Message, StatusCode, UploadTracker};
 
@@ -37,6 +38,9 @@ const MAX_DOWNLOADS: usize = 8;
 struct Download {
     tmp: PathBuf,
     file: Arc<File>,
+    /// Large aligned chunks are written with `O_DIRECT` (no page-cache copy; the file is not read
+    /// back before it is renamed into place).
+    direct: Arc<DirectChunks>,
     /// Away while a chunk is being checked and written.
     tracker: UploadTracker,
     /// Bytes accepted (written, or being written by `writing`).
@@ -185,7 +189,7 @@ async fn chunk(
         };
     }
     let Some(download) = downloads.remove(&name) else { return StatusCode::FileInUse };
-    let Download { tmp, file, mut tracker, written, writing } = download;
+    let Download { tmp, file, direct, mut tracker, written, writing } = download;
     let len = data.len() as u64;
     // A small chunk (a small file's whole content, mostly) is written at once, on the same thread.
     let write_now = writing.is_none() && data.len() < WRITE_BEHIND_FROM;
@@ -201,10 +205,10 @@ async fn chunk(
     // The previous chunk's write lands while this one is checked.
     let previous = landed(writing).await;
     let Ok((tracker, verdict, data, written_now)) = checked.await else {
-        discard(Some(Download { tmp, file, tracker: UploadTracker::new(0), written, writing: None }));
+        discard(Some(Download { tmp, file, direct, tracker: UploadTracker::new(0), written, writing: None }));
         return StatusCode::FileInUse;
     };
-    let mut download = Download { tmp, file, tracker, written, writing: None };
+    let mut download = Download { tmp, file, direct, tracker, written, writing: None };
     if let Err(e) = previous.and(written_now.unwrap_or(Ok(()))) {
         tracing::warn!("cannot write {name}: {e}");
         discard(Some(download));
@@ -214,7 +218,9 @@ async fn chunk(
         ChunkVerdict::Accepted => {
             if !write_now {
                 let (file, at) = (download.file.clone(), download.written);
-                download.writing = Some(tokio::task::spawn_blocking(move || file.write_all_at(&data, at)));
+                let (direct, path) = (download.direct.clone(), download.tmp.clone());
+                download.writing =
+                    Some(tokio::task::spawn_blocking(move || direct.write_at(&file, &path, &data, at).map(drop)));
             }
             download.written += len;
             shared.observer.event(SyncEvent::Progress {
@@ -251,6 +257,7 @@ fn start(shared: &Shared) -> Option<Download> {
         Ok((tmp, file)) => Some(Download {
             tmp,
             file: Arc::new(file),
+            direct: Arc::default(),
             tracker: UploadTracker::new(shared.options.limits.max_file_size),
             written: 0,
             writing: None,

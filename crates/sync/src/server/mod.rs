@@ -7,7 +7,6 @@
 //! a live upgrade.
 
 mod client_table;
-mod direct_writes;
 mod hub;
 mod push_session;
 mod relay;

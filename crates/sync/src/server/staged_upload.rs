@@ -5,14 +5,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use nix::errno::Errno;
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 
-use super::direct_writes::DirectWrites;
+use crate::direct_writes::DirectChunks;
 
 /// A partial upload on disk.
 #[derive(Debug, Clone)]
@@ -21,17 +19,7 @@ pub(crate) struct StagedUpload {
     pub path: PathBuf,
     pub file: Arc<File>,
     /// How large aligned chunks are written (see [`StagedUpload::write_at`]).
-    direct: Arc<Mutex<Direct>>,
-}
-
-/// Whether a staged file's large aligned chunks go through `O_DIRECT`.
-#[derive(Debug)]
-enum Direct {
-    /// Not asked yet: decided at the first chunk that fits.
-    Untried,
-    Open(DirectWrites),
-    /// No slot was free, or the filesystem refused: written buffered.
-    Off,
+    direct: Arc<DirectChunks>,
 }
 
 impl StagedUpload {
@@ -66,7 +54,7 @@ impl StagedUpload {
     }
 
     fn with_file(id: u64, path: PathBuf, file: File) -> StagedUpload {
-        StagedUpload { id, path, file: Arc::new(file), direct: Arc::new(Mutex::new(Direct::Untried)) }
+        StagedUpload { id, path, file: Arc::new(file), direct: Arc::default() }
     }
 
     /// Writes an accepted chunk at `offset`, and starts writing it to disk.
@@ -80,25 +68,12 @@ impl StagedUpload {
     /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` does, with no unsafe call. It is a hint: a failure
     /// changes nothing but the timing.
     ///
-    /// A large chunk at an aligned offset is written with `O_DIRECT` instead ([`DirectWrites`]): no
+    /// A large chunk at an aligned offset is written with `O_DIRECT` instead ([`crate::direct_writes::DirectWrites`]): no
     /// page-cache copy, and its bytes are on the device when the call returns.
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        if DirectWrites::fits(data.len(), offset) {
-            // Writes of one upload come one at a time: the lock is never contended.
-            let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Direct::Untried = *direct {
-                *direct = DirectWrites::open(&self.path).map_or(Direct::Off, Direct::Open);
-            }
-            if let Direct::Open(writer) = &mut *direct {
-                match writer.write_at(data, offset) {
-                    Ok(()) => return Ok(()),
-                    // Accepted at open, refused at the write: buffered from now on.
-                    Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => *direct = Direct::Off,
-                    Err(e) => return Err(e),
-                }
-            }
+        if self.direct.write_at(&self.file, &self.path, data, offset)? {
+            return Ok(());
         }
-        self.file.write_all_at(data, offset)?;
         if let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(data.len())) {
             let _ = posix_fadvise(&*self.file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
         }

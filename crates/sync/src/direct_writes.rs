@@ -1,8 +1,10 @@
-//! [`DirectWrites`]: a staged upload's large aligned chunks written with `O_DIRECT`.
+//! [`DirectWrites`]: a received file's large aligned chunks written with `O_DIRECT`, and
+//! [`DirectChunks`], which decides per chunk between that and a buffered write.
 //!
 //! The server must have an upload on disk (fsynced) before it commits it, and it never reads the
 //! staged bytes back while the upload runs (a relay sends the chunks it received; a push after the
-//! commit reads the committed file). A buffered write copies every byte into the page cache first,
+//! commit reads the committed file); a client receiving a pushed file does not read its temporary
+//! file back either. A buffered write copies every byte into the page cache first,
 //! and on the benchmark machine that copy (with the page allocation behind it) was the largest item
 //! of the server's CPU after MD5. With `O_DIRECT` the disk takes the bytes from our buffer instead:
 //! one copy into an aligned scratch block, which costs a fraction of the page-cache copy.
@@ -18,6 +20,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -122,6 +125,46 @@ impl DirectWrites {
     }
 }
 
+/// Whether a file's large aligned chunks go through `O_DIRECT`: decided at the first chunk that fits
+/// ([`DirectWrites::fits`]), then kept (a file that cannot have a slot or is refused is written
+/// buffered to its end).
+#[derive(Debug, Default)]
+pub(crate) struct DirectChunks(Mutex<Direct>);
+
+#[derive(Debug, Default)]
+enum Direct {
+    #[default]
+    Untried,
+    Open(DirectWrites),
+    /// No slot was free, or the filesystem refused: written buffered.
+    Off,
+}
+
+impl DirectChunks {
+    /// Writes `data` at `offset` of the file at `path`, open as `file`: with `O_DIRECT` when it fits
+    /// and a direct descriptor can be had, otherwise through `file`. Returns whether it went direct
+    /// (a buffered write's caller may start its writeback). Writes of one file come one at a time,
+    /// so the lock is never contended.
+    pub fn write_at(&self, file: &File, path: &Path, data: &[u8], offset: u64) -> io::Result<bool> {
+        if DirectWrites::fits(data.len(), offset) {
+            let mut direct = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Direct::Untried = *direct {
+                *direct = DirectWrites::open(path).map_or(Direct::Off, Direct::Open);
+            }
+            if let Direct::Open(writer) = &mut *direct {
+                match writer.write_at(data, offset) {
+                    Ok(()) => return Ok(true),
+                    // Accepted at open, refused at the write: buffered from now on.
+                    Err(e) if e.raw_os_error() == Some(Errno::EINVAL as i32) => *direct = Direct::Off,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        file.write_all_at(data, offset)?;
+        Ok(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +215,21 @@ mod tests {
         assert!(DirectWrites::open_in(&paths[2], &TWO).is_some(), "a dropped writer gives its slot back");
         drop(second);
         assert_eq!(TWO.taken.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn chunks_choose_direct_or_buffered_and_the_file_comes_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path).unwrap();
+        let chunks = DirectChunks::default();
+        let data = pattern(2 * SCRATCH + 999);
+        let aligned = chunks.write_at(&file, &path, &data[..SCRATCH], 0).unwrap();
+        let again = chunks.write_at(&file, &path, &data[SCRATCH..2 * SCRATCH], SCRATCH as u64).unwrap();
+        assert_eq!(aligned, again, "the choice is kept for the whole file");
+        let tail = chunks.write_at(&file, &path, &data[2 * SCRATCH..], 2 * SCRATCH as u64).unwrap();
+        assert!(!tail, "an unaligned tail is written buffered");
+        file.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 }
