@@ -371,6 +371,14 @@ impl PushSession {
         self.last_tx = Instant::now();
     }
 
+    /// Sends the unanswered chunk of `name` again (the client asked for a resend), if there is one.
+    fn resend(&mut self, conn: &mut Conn, name: SafeName, chunk: Option<RelayChunk>) {
+        if let Some((data, md5)) = chunk {
+            self.send(conn, &Message::FileChunk { md5, name, data });
+            self.expect.push_back(Expect::Chunk);
+        }
+    }
+
     fn handle(&mut self, message: Message, conn: &mut Conn, ctx: &SessionCtx) -> Result<(), ()> {
         let Some(client) = self.client.clone() else { return self.hello(message, conn) };
         let Message::Status(code) = message else {
@@ -386,12 +394,7 @@ impl PushSession {
         };
         match (expected, self.current.as_mut()) {
             (Expect::Chunk, Some(Item::Write(w))) => match code {
-                StatusCode::Ok => {
-                    if let Some((data, _)) = w.unanswered.take() {
-                        w.sent += data.len() as u64;
-                        ctx.handle.progress(w.sent);
-                    }
-                }
+                StatusCode::Ok => chunk_accepted(&mut w.unanswered, &mut w.sent, ctx),
                 StatusCode::ResendChecksum | StatusCode::ResendChunkSize => {
                     if let Some((data, md5)) = w.unanswered.as_mut() {
                         // A kept digest may not be of the bytes read (the file was replaced by hand
@@ -400,11 +403,8 @@ impl PushSession {
                             *md5 = Md5Sum::of(data);
                         }
                     }
-                    if let Some((data, md5)) = w.unanswered.clone() {
-                        let message = Message::FileChunk { md5, name: w.name.clone(), data };
-                        self.send(conn, &message);
-                        self.expect.push_back(Expect::Chunk);
-                    }
+                    let (name, chunk) = (w.name.clone(), w.unanswered.clone());
+                    self.resend(conn, name, chunk);
                 }
                 refusal => {
                     tracing::info!(client = %client, "sync: client refused {}: {}", w.name, refusal.description());
@@ -412,18 +412,10 @@ impl PushSession {
                 }
             },
             (Expect::Chunk, Some(Item::Relay(r))) => match code {
-                StatusCode::Ok => {
-                    if let Some((data, _)) = r.unanswered.take() {
-                        r.sent += data.len() as u64;
-                        ctx.handle.progress(r.sent);
-                    }
-                }
+                StatusCode::Ok => chunk_accepted(&mut r.unanswered, &mut r.sent, ctx),
                 StatusCode::ResendChecksum | StatusCode::ResendChunkSize => {
-                    if let Some((data, md5)) = r.unanswered.clone() {
-                        let message = Message::FileChunk { md5, name: r.tap.name.clone(), data };
-                        self.send(conn, &message);
-                        self.expect.push_back(Expect::Chunk);
-                    }
+                    let (name, chunk) = (r.tap.name.clone(), r.unanswered.clone());
+                    self.resend(conn, name, chunk);
                 }
                 refusal => {
                     tracing::info!(client = %client, "sync: client refused {}: {}", r.tap.name, refusal.description());
@@ -705,6 +697,14 @@ fn open_committed(hub: &SyncHub, name: &SafeName, outcome: RelayOutcome) -> Opti
         finished_sent: false,
         digests: hub.digests(name, DigestedVersion { size, md5, chunk_size }),
     })
+}
+
+/// The client took the unanswered chunk: it counts as sent.
+fn chunk_accepted(unanswered: &mut Option<RelayChunk>, sent: &mut u64, ctx: &SessionCtx) {
+    if let Some((data, _)) = unanswered.take() {
+        *sent += data.len() as u64;
+        ctx.handle.progress(*sent);
+    }
 }
 
 /// Reopens a parked push's file; it must be the same (size and mtime). Re-reads the unanswered chunk,
