@@ -23,7 +23,7 @@ use http_body_util::Full;
 use crate::blocking::run_blocking;
 use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
-use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole};
+use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole, load_whole_into, whole_buffer};
 use crate::file_head::{FileHead, content_guards, header_value, validators};
 use crate::file_stream::FileStream;
 use crate::fresh_stat::{self, Arrival};
@@ -78,8 +78,9 @@ pub async fn get_file(
                 // Called on a miss only: a hit copies nothing.
                 let load = || {
                     let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
+                    let buf = whole_buffer(m.size);
                     async move {
-                        run_blocking(move || load_whole(&store, &n, &m))
+                        run_blocking(move || load_whole_into(&store, &n, &m, buf))
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?
                     }
@@ -284,7 +285,12 @@ pub async fn plain_whole(state: &HttpState, path: &str, head: bool) -> Option<Wh
     }
     let load = || {
         let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
-        async move { run_blocking(move || load_whole(&store, &n, &m)).await.map_err(|e| io::Error::other(e.to_string()))? }
+        let buf = whole_buffer(m.size);
+        async move {
+            run_blocking(move || load_whole_into(&store, &n, &m, buf))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+        }
     };
     let read = cache.get_or_load(name.as_str(), &seen.meta.etag, seen.meta.size, load).await.ok()?;
     // The cache keys entries by version (the etag holds the size): a
