@@ -40,10 +40,10 @@ use crate::state::HttpState;
 /// plain request is far smaller; a larger head is hyper's.
 pub const READ_BYTES: usize = 8192;
 
-/// Bound on an answer's head: the header block (a name of at most a few
-/// hundred bytes in its content type, etags and dates of fixed size), the
-/// date and `connection: close`.
-const MAX_HEAD_BYTES: usize = 4096;
+/// Room reserved for an answer's head: the header block (etag, dates and
+/// length of fixed size, a content type from a fixed table: about 300
+/// bytes), `connection: close` and the date.
+const HEAD_ROOM: usize = 1024;
 
 /// How the plain lane ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max_head = state.limits().max_header_bytes.max(READ_BYTES);
-    let mut out = Vec::with_capacity(MAX_HEAD_BYTES);
+    let mut out = Vec::with_capacity(HEAD_ROOM);
     let mut deadline = pin!(tokio::time::sleep(head_timeout));
     loop {
         if buf.is_empty() {

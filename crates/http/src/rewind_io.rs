@@ -27,6 +27,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for RewindIo<S> {
             let n = self.unread.len().min(buf.remaining());
             buf.put_slice(&self.unread[..n]);
             self.unread.advance(n);
+            if self.unread.is_empty() {
+                // Frees the plain lane's read buffer, which the rest of a
+                // long connection does not need.
+                self.unread = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
