@@ -93,8 +93,8 @@ pub const MAPPED_FROM_BYTES: u64 = 128 << 10;
 /// Large files get a mapping of their own. Cache entries are freed in
 /// eviction order, not allocation order, and glibc, once a block of a few
 /// MiB is freed, serves later ones from its heaps: entries of 1 KiB to
-/// 4 MiB evicted at random left holes there that kept about 30 MiB more
-/// resident than the cache held. A mapping goes back to the kernel whole
+/// 4 MiB evicted at random left holes there that kept about 20 MiB more
+/// resident (docs/BENCHMARKS.md). A mapping goes back to the kernel whole
 /// when its entry is dropped; it costs a page fault per 4 KiB on the load,
 /// which reads the file anyway. If the mapping fails, the heap.
 pub fn whole_buffer(size: u64) -> WholeBuffer {
