@@ -213,6 +213,28 @@ mod tests {
         assert_eq!(s.metrics().snapshot().responses, [0; 5]);
     }
 
+    /// A request already read when the drain begins is answered, with
+    /// `connection: close` (hyper's words for a last answer), and the lane
+    /// ends.
+    #[tokio::test]
+    async fn an_answer_during_a_drain_is_the_last_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(&dir);
+        std::fs::write(s.store().root().join("a"), b"hello").unwrap();
+        let (mut server, mut client) = tokio::io::duplex(1 << 16);
+        let mut buf = BytesMut::from(&b"GET /files/a HTTP/1.1\r\n\r\nGET /files/a HTTP/1.1\r\n\r\n"[..]);
+        let drain = CancellationToken::new();
+        drain.cancel();
+        let end = serve_plain(&mut server, &mut buf, &s, Duration::from_secs(5), &drain).await.unwrap();
+        assert_eq!(end, LaneEnd::Close);
+        drop(server);
+        let mut out = String::new();
+        client.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        assert!(out.contains("\r\nconnection: close\r\ndate: "), "{out}");
+        assert!(out.ends_with("\r\n\r\nhello"), "one answer only: {out}");
+    }
+
     #[tokio::test]
     async fn a_closed_or_draining_connection_ends_the_lane() {
         let dir = tempfile::tempdir().unwrap();
