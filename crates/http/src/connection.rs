@@ -1,9 +1,11 @@
-//! One HTTP/1.1 connection: hyper drives the protocol, this drives its
-//! lifetime — the idle watchdog, the drain, and the final cut.
+//! One HTTP/1.1 connection: the plain lane, then hyper, drive the protocol;
+//! this drives its lifetime — the idle watchdog, the drain, and the final cut.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use bytes::BytesMut;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -15,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::counting_io::CountingIo;
 use crate::file_lane::FileLane;
 use crate::metrics::HttpMetrics;
+use crate::plain_lane::{LaneEnd, READ_BYTES, serve_plain};
+use crate::rewind_io::RewindIo;
 use crate::state::HttpLimits;
 
 /// hyper refuses a read buffer smaller than this.
@@ -32,6 +36,10 @@ pub struct Shutdown {
 /// Serves one accepted connection until the client closes it, a limit
 /// closes it, or the server's shutdown does. `_slot` is its place under the
 /// connection limit, given back when this returns.
+///
+/// The connection starts in the plain lane ([`crate::plain_lane`]), which
+/// answers plain cached reads itself; the first request it does not answer
+/// hands the connection, with the bytes read and not answered, to hyper.
 pub async fn run(
     stream: TcpStream,
     service: FileLane,
@@ -44,7 +52,41 @@ pub async fn run(
     // Small responses go out as soon as they are written.
     let _ = stream.set_nodelay(true);
     let moved = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(CountingIo::new(stream, metrics, moved.clone()));
+    let mut io = CountingIo::new(stream, metrics, moved.clone());
+
+    let mut idle = IdleWatch::new(limits.idle_timeout);
+    let mut tick = tokio::time::interval(idle.period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
+    {
+        let lane = serve_plain(&mut io, &mut buf, service.state(), limits.header_read_timeout, &shutdown.drain);
+        tokio::pin!(lane);
+        loop {
+            tokio::select! {
+                ended = lane.as_mut() => match ended {
+                    Ok(LaneEnd::ToHyper) => break,
+                    Ok(LaneEnd::Close) => return,
+                    Err(e) => {
+                        tracing::debug!("http connection ended: {e}");
+                        return;
+                    }
+                },
+                () = shutdown.cut.cancelled() => {
+                    tracing::debug!("http connection cut at the end of the drain");
+                    return;
+                }
+                _ = tick.tick() => {
+                    if idle.is_idle(moved.load(Ordering::Relaxed), Instant::now()) {
+                        tracing::debug!("closing an http connection idle for {:?}", limits.idle_timeout);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    let io = TokioIo::new(RewindIo::new(buf.freeze(), io));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -53,10 +95,6 @@ pub async fn run(
         .serve_connection(io, service);
     tokio::pin!(conn);
 
-    let idle = IdleWatch::new(limits.idle_timeout);
-    let mut tick = tokio::time::interval(idle.period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut idle = idle;
     let mut draining = false;
     loop {
         tokio::select! {

@@ -10,6 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 
 use bytes::Bytes;
 use ferry_files::{Etag, FileMeta, FileStore, SafeName, StoreError};
+use memmap2::MmapMut;
 
 /// Hard bound on one whole-file read, whatever the configuration says: it
 /// is a single allocation.
@@ -33,6 +34,11 @@ pub fn is_file_changed(e: &io::Error) -> bool {
 ///
 /// Blocking; call it from a blocking thread.
 pub fn load_whole(store: &FileStore, name: &SafeName, meta: &FileMeta) -> io::Result<Bytes> {
+    load_whole_into(store, name, meta, WholeBuffer::Heap(Vec::new()))
+}
+
+/// [`load_whole`] into `buf`, which the caller made with [`whole_buffer`].
+pub fn load_whole_into(store: &FileStore, name: &SafeName, meta: &FileMeta, buf: WholeBuffer) -> io::Result<Bytes> {
     if meta.size > MAX_WHOLE_FILE_BYTES {
         let msg = format!("{name} is {} bytes, over the whole-read bound of {MAX_WHOLE_FILE_BYTES}", meta.size);
         return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
@@ -42,9 +48,66 @@ pub fn load_whole(store: &FileStore, name: &SafeName, meta: &FileMeta) -> io::Re
         return Err(io::Error::other(FileChanged));
     }
     let len = usize::try_from(meta.size).map_err(io::Error::other)?;
-    let bytes = read_piece(&file, 0, len)?;
+    let bytes = match buf {
+        WholeBuffer::Mapped(mut map) if map.len() == len => {
+            let mut reader = &file;
+            reader.seek(SeekFrom::Start(0))?;
+            reader.read_exact(&mut map).map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::Error::other(FileChanged),
+                _ => e,
+            })?;
+            Bytes::from_owner(map)
+        }
+        WholeBuffer::Mapped(_) => Bytes::from(read_piece_into(&file, 0, len, Vec::new())?),
+        WholeBuffer::Heap(vec) => Bytes::from(read_piece_into(&file, 0, len, vec)?),
+    };
     ensure_unchanged(&file, &meta.etag)?;
-    Ok(Bytes::from(bytes))
+    Ok(bytes)
+}
+
+/// What a whole file is read into: made by [`whole_buffer`] on the thread
+/// that will free the bytes, filled on the blocking pool.
+#[derive(Debug)]
+pub enum WholeBuffer {
+    /// Below [`MAPPED_FROM_BYTES`]: the heap.
+    Heap(Vec<u8>),
+    /// From [`MAPPED_FROM_BYTES`] up: pages of its own, exactly the file's
+    /// length.
+    Mapped(MmapMut),
+}
+
+/// Whole files from this size up are read into pages of their own (an
+/// anonymous mapping) rather than the heap: glibc's default threshold for
+/// the same choice, which glibc itself raises to the largest block freed.
+pub const MAPPED_FROM_BYTES: u64 = 128 << 10;
+
+/// An empty buffer for the whole of a file of `size` bytes (none over
+/// [`MAX_WHOLE_FILE_BYTES`]), to be filled on the blocking pool.
+///
+/// Made on the calling thread (an HTTP worker) rather than on the blocking
+/// thread that reads: the bytes are freed on a worker (once sent, or
+/// evicted from the cache), and glibc's malloc keeps an arena per thread,
+/// so buffers allocated across hundreds of blocking threads left freed
+/// memory spread over many arenas, unused by the next allocation.
+///
+/// Large files get a mapping of their own. Cache entries are freed in
+/// eviction order, not allocation order, and glibc, once a block of a few
+/// MiB is freed, serves later ones from its heaps: entries of 1 KiB to
+/// 4 MiB evicted at random left holes there that kept about 20 MiB more
+/// resident (docs/BENCHMARKS.md). A mapping goes back to the kernel whole
+/// when its entry is dropped; it costs a page fault per 4 KiB on the load,
+/// which reads the file anyway. If the mapping fails, the heap.
+pub fn whole_buffer(size: u64) -> WholeBuffer {
+    let Ok(len) = usize::try_from(size) else { return WholeBuffer::Heap(Vec::new()) };
+    if size > MAX_WHOLE_FILE_BYTES {
+        return WholeBuffer::Heap(Vec::new());
+    }
+    if size >= MAPPED_FROM_BYTES
+        && let Ok(map) = MmapMut::map_anon(len)
+    {
+        return WholeBuffer::Mapped(map);
+    }
+    WholeBuffer::Heap(Vec::with_capacity(len))
 }
 
 /// Exactly `len` bytes of `file` from `offset`, in a buffer that is not
@@ -53,9 +116,16 @@ pub fn load_whole(store: &FileStore, name: &SafeName, meta: &FileMeta) -> io::Re
 /// position, so one file must not be read by two of these at once. A file
 /// that ends early was truncated under us: [`FileChanged`].
 pub fn read_piece(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    read_piece_into(file, offset, len, Vec::new())
+}
+
+/// [`read_piece`] into `buf` (emptied first; best allocated with room for
+/// `len` by the thread that frees it: [`whole_buffer`]).
+pub fn read_piece_into(file: &File, offset: u64, len: usize, mut buf: Vec<u8>) -> io::Result<Vec<u8>> {
     let mut reader = file;
     reader.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity(len);
+    buf.clear();
+    buf.reserve_exact(len);
     reader.take(len as u64).read_to_end(&mut buf)?;
     if buf.len() < len {
         return Err(io::Error::other(FileChanged));
@@ -142,6 +212,44 @@ mod tests {
         assert!(read_piece(&file, 10_000, 0).unwrap().is_empty());
         assert!(is_file_changed(&read_piece(&file, 9_000, 1_001).unwrap_err()));
         assert!(is_file_changed(&read_piece(&file, 20_000, 1).unwrap_err()));
+    }
+
+    #[test]
+    fn a_buffer_given_is_filled_in_place() {
+        let (_d, store) = setup();
+        fs::write(store.root().join("w"), b"whole file").unwrap();
+        let meta = store.stat(&n("w")).unwrap();
+        let buf = whole_buffer(meta.size);
+        let WholeBuffer::Heap(vec) = &buf else { panic!("a small file goes on the heap: {buf:?}") };
+        assert!(vec.capacity() >= 10 && vec.is_empty());
+        let at = vec.as_ptr();
+        let bytes = load_whole_into(&store, &n("w"), &meta, buf).unwrap();
+        assert_eq!(&bytes[..], b"whole file");
+        assert_eq!(bytes.as_ptr(), at, "no second allocation");
+        let (file, _) = store.open_file(&n("w")).unwrap();
+        let piece = read_piece_into(&file, 6, 4, b"old bytes".to_vec()).unwrap();
+        assert_eq!(piece, b"file", "emptied first");
+        assert!(matches!(whole_buffer(MAX_WHOLE_FILE_BYTES + 1), WholeBuffer::Heap(v) if v.capacity() == 0));
+    }
+
+    #[test]
+    fn a_large_file_is_read_into_a_mapping_of_its_own() {
+        let (_d, store) = setup();
+        let data: Vec<u8> = (0..MAPPED_FROM_BYTES as u32 + 5).map(|i| (i % 253) as u8).collect();
+        let path = store.root().join("m");
+        fs::write(&path, &data).unwrap();
+        let meta = store.stat(&n("m")).unwrap();
+        let buf = whole_buffer(meta.size);
+        let WholeBuffer::Mapped(map) = &buf else { panic!("{buf:?}") };
+        assert_eq!(map.len(), data.len());
+        let at = map.as_ptr();
+        let bytes = load_whole_into(&store, &n("m"), &meta, buf).unwrap();
+        assert_eq!(bytes, data);
+        assert_eq!(bytes.as_ptr(), at, "the mapping is the body");
+        // Truncated after the stat: a change, not short bytes.
+        let buf = whole_buffer(meta.size);
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(10).unwrap();
+        assert!(is_file_changed(&load_whole_into(&store, &n("m"), &meta, buf).unwrap_err()));
     }
 
     #[test]

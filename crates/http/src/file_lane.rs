@@ -36,6 +36,10 @@ impl FileLane {
     pub fn new(state: HttpState) -> FileLane {
         FileLane { router: TowerToHyperService::new(router(state.clone())), state }
     }
+
+    pub fn state(&self) -> &HttpState {
+        &self.state
+    }
 }
 
 /// Whether the router would send this request to [`get_file`].

@@ -26,7 +26,7 @@ use ferry_files::Etag;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
 
-use crate::file_body::{ensure_unchanged, read_piece};
+use crate::file_body::{ensure_unchanged, read_piece_into};
 use crate::piece_budget::{Piece, PieceBudget};
 
 pub const FIRST_PIECE: usize = 256 << 10;
@@ -74,10 +74,12 @@ impl FileStream {
         let want = usize::try_from(self.end - self.next).map_or(self.piece, |left| left.min(self.piece));
         let (len, reservation) = self.budget.reserve(want);
         let (file, etag, offset) = (self.file.clone(), self.etag.clone(), self.next);
+        // Allocated here, where it is freed once sent ([`whole_buffer`]).
+        let buf = Vec::with_capacity(len);
         self.pending = Some(tokio::task::spawn_blocking(move || {
             // One read at a time per stream (`pending`), so the file's
             // position is ours.
-            let bytes = read_piece(&file, offset, len)?;
+            let bytes = read_piece_into(&file, offset, len, buf)?;
             ensure_unchanged(&file, &etag)?;
             Ok(Bytes::from_owner(Piece::new(bytes, reservation)))
         }));

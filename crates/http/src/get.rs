@@ -23,7 +23,7 @@ use http_body_util::Full;
 use crate::blocking::run_blocking;
 use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
-use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole};
+use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole, load_whole_into, whole_buffer};
 use crate::file_head::{FileHead, content_guards, header_value, validators};
 use crate::file_stream::FileStream;
 use crate::fresh_stat::{self, Arrival};
@@ -78,8 +78,9 @@ pub async fn get_file(
                 // Called on a miss only: a hit copies nothing.
                 let load = || {
                     let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
+                    let buf = whole_buffer(m.size);
                     async move {
-                        run_blocking(move || load_whole(&store, &n, &m))
+                        run_blocking(move || load_whole_into(&store, &n, &m, buf))
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?
                     }
@@ -211,14 +212,11 @@ fn look(
     whole_max: u64,
 ) -> Result<Look, HttpError> {
     let store = state.store();
-    let meta = store.stat(name).map_err(HttpError::from_read)?;
-    let version = Arc::new(FileHead::new(name, &meta));
-    state.resolved().record(name, &version, Instant::now());
-    let (seen, status, start, end) =
-        match plan(state.cache().map(Arc::as_ref), headers, head, Seen { meta, head: version }) {
-            Plan::Answer(found) => return Ok(found),
-            Plan::Read(seen, status, start, end) => (seen, status, start, end),
-        };
+    let seen = check(state, name)?;
+    let (seen, status, start, end) = match plan(state.cache().map(Arc::as_ref), headers, head, seen) {
+        Plan::Answer(found) => return Ok(found),
+        Plan::Read(seen, status, start, end) => (seen, status, start, end),
+    };
     let content = if seen.meta.size <= whole_max {
         let bytes = match load_whole(store, name, &seen.meta) {
             Ok(bytes) => bytes,
@@ -235,6 +233,79 @@ fn look(
         Content::Stream(file)
     };
     Ok(Look::Send(seen, Answer { status, start, end, content }))
+}
+
+/// The store's checked `stat` (the name resolved inside the root), recorded
+/// so the next requests for the name may look on the async thread.
+fn check(state: &HttpState, name: &SafeName) -> Result<Seen, HttpError> {
+    let meta = state.store().stat(name).map_err(HttpError::from_read)?;
+    let version = Arc::new(FileHead::new(name, &meta));
+    state.resolved().record(name, &version, Instant::now());
+    Ok(Seen { meta, head: version })
+}
+
+/// The answer [`get_file`] gives a plain request — `GET` or `HEAD` of
+/// `path`, no conditional or range header — when that answer is a 200 for
+/// the whole file from memory (the cache) or a HEAD's, not empty and below
+/// the size listed as a transfer: what [`crate::plain_lane`] writes without hyper.
+///
+/// `None` when [`get_file`] must answer it (a bad name, a missing or
+/// changing file, one the cache does not hold, an error); nothing has been
+/// counted then, except by the cache itself in the rare case that a load
+/// failed. The same looks as [`get_file`]'s: a `stat` taken after the
+/// request arrived, the store's check at least once a
+/// [`crate::resolved_names::TRUST_FOR`].
+pub async fn plain_whole(state: &HttpState, path: &str, head: bool) -> Option<WholeAnswer> {
+    let arrival = fresh_stat::arrive();
+    let name = name_from_path(path).ok()?;
+    let recent = match state.resolved().recent(&name, Instant::now()) {
+        Some(checked) => fresh_stat::stat_since(arrival, state.store(), &name, &checked.etag)
+            .await
+            .map(|meta| Seen { meta, head: checked }),
+        None => None,
+    };
+    let seen = match recent {
+        Some(seen) => seen,
+        None => {
+            let (s, n) = (state.clone(), name.clone());
+            run_blocking(move || check(&s, &n)).await.ok()?.ok()?
+        }
+    };
+    // An empty body makes hyper move `content-length` to the end of the
+    // head; such answers are left to it.
+    if seen.meta.size == 0 || seen.meta.size >= LISTED_DOWNLOAD_BYTES {
+        return None;
+    }
+    if head {
+        return Some(WholeAnswer { head: seen.head, body: None });
+    }
+    let cache = state.cache()?;
+    if !cache.admits(seen.meta.size) {
+        return None;
+    }
+    let load = || {
+        let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
+        let buf = whole_buffer(m.size);
+        async move {
+            run_blocking(move || load_whole_into(&store, &n, &m, buf))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+        }
+    };
+    let read = cache.get_or_load(name.as_str(), &seen.meta.etag, seen.meta.size, load).await.ok()?;
+    // The cache keys entries by version (the etag holds the size): a
+    // mismatch would be a bug, which get_file then reports.
+    if read.bytes.len() as u64 != seen.meta.size {
+        return None;
+    }
+    state.metrics().record_cache_read(read.hit);
+    Some(WholeAnswer { head: seen.head, body: Some(read.bytes) })
+}
+
+/// A 200 for the whole file: its header block and, unless for a HEAD, its bytes.
+pub struct WholeAnswer {
+    pub head: Arc<FileHead>,
+    pub body: Option<Bytes>,
 }
 
 /// Bytes `start..end` of a whole-file read, without a copy.

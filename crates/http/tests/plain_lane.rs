@@ -1,0 +1,225 @@
+//! The plain lane (a connection's first phase, answering plain cached reads
+//! without hyper) against hyper itself, over real sockets: the same request
+//! gets the same bytes from both (but the date), whatever is not plain is
+//! still hyper's, and the guarantees of the file handler hold.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Fixture, pattern};
+use ferry_files::{CacheConfig, CachePolicyKind, FileCache};
+use ferry_http::HttpLimits;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Server {
+    f: Fixture,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start() -> Server {
+    let cache =
+        FileCache::new(CacheConfig { max_bytes: 8 << 20, max_item_bytes: 4 << 20, policy: CachePolicyKind::S3Fifo });
+    let f = Fixture::with_cache(HttpLimits::default(), Arc::new(|| json!({})), Some(Arc::new(cache)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(ferry_http::serve(listener, f.state.clone(), async move {
+        let _ = rx.await;
+    }));
+    Server { f, addr, stop: Some(tx), task }
+}
+
+/// One answer read off a raw socket.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    /// The head as sent, with the `date` line's value blanked.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn status(&self) -> &str {
+        &self.head[9..12]
+    }
+}
+
+/// Reads one answer; `head` if it answers a HEAD (no body follows).
+/// `pending` carries bytes read past the answer into the next read.
+async fn read_answer(stream: &mut TcpStream, pending: &mut Vec<u8>, head: bool) -> Answer {
+    let end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before a whole head: {:?}", String::from_utf8_lossy(pending));
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let text = String::from_utf8(pending[..end].to_vec()).unwrap();
+    pending.drain(..end);
+    let mut len = 0;
+    let lines: Vec<String> = text
+        .split("\r\n")
+        .map(|line| {
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length: ") {
+                len = v.parse().unwrap();
+            }
+            if lower.starts_with("date: ") { "date: -".to_owned() } else { line.to_owned() }
+        })
+        .collect();
+    let len = if head { 0 } else { len };
+    while pending.len() < len {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed in the body");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let body = pending.drain(..len).collect();
+    Answer { head: lines.join("\r\n"), body }
+}
+
+/// A connection that hyper serves: its first request is not plain.
+async fn hyper_connection(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut pending = Vec::new();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_answer(&mut s, &mut pending, false).await.status(), "200");
+    (s, pending)
+}
+
+async fn ask(s: &mut TcpStream, pending: &mut Vec<u8>, req: &str) -> Answer {
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_answer(s, pending, req.starts_with("HEAD")).await
+}
+
+/// The same request on a fresh connection (the plain lane) and on one that
+/// hyper serves: the same answer.
+async fn same_from_both(addr: SocketAddr, req: &str) -> Answer {
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    let mut p = Vec::new();
+    let from_lane = ask(&mut plain, &mut p, req).await;
+    let (mut hyper, mut h) = hyper_connection(addr).await;
+    let from_hyper = ask(&mut hyper, &mut h, req).await;
+    assert_eq!(from_lane, from_hyper, "{req:?}");
+    from_lane
+}
+
+#[tokio::test]
+async fn plain_reads_get_the_bytes_hyper_would_send() {
+    let s = start().await;
+    let data = pattern(1024);
+    s.f.put("a.html", &data);
+    s.f.put("dir/b c.bin", &pattern(70_000));
+    s.f.put("empty", b"");
+    s.f.put("big", &pattern(2 << 20));
+    for req in [
+        "GET /files/a.html HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET /files/a.html HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\nuser-agent: t\r\n\r\n",
+        "HEAD /files/a.html HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET /files/dir/b%20c.bin HTTP/1.1\r\nhost: x\r\n\r\n",
+        // hyper moves an empty body's length to the end: left to it.
+        "GET /files/empty HTTP/1.1\r\nhost: x\r\n\r\n",
+        "HEAD /files/empty HTTP/1.1\r\nhost: x\r\n\r\n",
+        // Not answered by the lane (listed as a transfer), but the same.
+        "GET /files/big HTTP/1.1\r\nhost: x\r\n\r\n",
+        "HEAD /files/big HTTP/1.1\r\nhost: x\r\n\r\n",
+        // Errors come from hyper's side either way.
+        "GET /files/missing HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET /files/%2e%2e/etc/passwd HTTP/1.1\r\nhost: x\r\n\r\n",
+        "GET /files/ HTTP/1.1\r\nhost: x\r\n\r\n",
+    ] {
+        same_from_both(s.addr, req).await;
+    }
+    let a = same_from_both(s.addr, "GET /files/a.html HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(a.status(), "200");
+    assert_eq!(a.body, data);
+    assert!(a.head.contains("\r\ncontent-type: text/html\r\n"), "{}", a.head);
+    let escape = same_from_both(s.addr, "GET /files/%2e%2e/x HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(escape.status(), "400");
+    assert!(escape.body.len() < 200);
+}
+
+#[tokio::test]
+async fn a_connection_goes_on_with_hyper_after_a_request_that_is_not_plain() {
+    let s = start().await;
+    s.f.put("a", &pattern(5000));
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut p = Vec::new();
+    let whole = ask(&mut c, &mut p, "GET /files/a HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(whole.status(), "200");
+    // Two requests in one write: a plain one, then a range (hyper's).
+    c.write_all(
+        b"GET /files/a HTTP/1.1\r\nhost: x\r\n\r\nGET /files/a HTTP/1.1\r\nhost: x\r\nrange: bytes=10-19\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_answer(&mut c, &mut p, false).await, whole);
+    let part = read_answer(&mut c, &mut p, false).await;
+    assert_eq!(part.status(), "206");
+    assert_eq!(part.body, &pattern(5000)[10..20]);
+    // Still served (by hyper now), and still the same bytes.
+    assert_eq!(ask(&mut c, &mut p, "GET /files/a HTTP/1.1\r\nhost: x\r\n\r\n").await, whole);
+    let etag = whole.head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().to_owned();
+    let not_modified =
+        ask(&mut c, &mut p, &format!("GET /files/a HTTP/1.1\r\nhost: x\r\nif-none-match: {etag}\r\n\r\n")).await;
+    assert_eq!(not_modified.status(), "304");
+    // A request that arrives in pieces goes to hyper too.
+    c.write_all(b"GET /files/a HT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.write_all(b"TP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_answer(&mut c, &mut p, false).await, whole);
+}
+
+#[tokio::test]
+async fn the_lane_never_serves_a_changed_file_and_counts_what_it_answers() {
+    let s = start().await;
+    s.f.put("f", b"one");
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut p = Vec::new();
+    let before = s.f.state.metrics().snapshot();
+    for _ in 0..3 {
+        assert_eq!(ask(&mut c, &mut p, "GET /files/f HTTP/1.1\r\nhost: x\r\n\r\n").await.body, b"one");
+    }
+    // Replaced between two requests on the same connection: the next
+    // answer is the new file.
+    let root = s.f.store.root().to_path_buf();
+    std::fs::write(root.join("f.new"), b"second").unwrap();
+    std::fs::rename(root.join("f.new"), root.join("f")).unwrap();
+    assert_eq!(ask(&mut c, &mut p, "GET /files/f HTTP/1.1\r\nhost: x\r\n\r\n").await.body, b"second");
+    // Rewritten in place, same size.
+    std::fs::write(root.join("f"), b"SECOND").unwrap();
+    assert_eq!(ask(&mut c, &mut p, "GET /files/f HTTP/1.1\r\nhost: x\r\n\r\n").await.body, b"SECOND");
+    let after = s.f.state.metrics().snapshot();
+    assert_eq!(after.responses[1] - before.responses[1], 5, "five 2xx answers counted");
+    assert!(after.sent_bytes - before.sent_bytes > 5 * 200, "the bytes sent are counted");
+    assert!(after.received_bytes - before.received_bytes >= 5 * 34, "the bytes received are counted");
+    let cache = s.f.state.cache().unwrap().snapshot();
+    assert!(cache.hits >= 2, "answered from the cache: {cache:?}");
+}
+
+#[tokio::test]
+async fn a_drain_closes_an_idle_plain_connection_and_ends_the_server() {
+    let mut s = start().await;
+    s.f.put("f", b"data");
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut p = Vec::new();
+    assert_eq!(ask(&mut c, &mut p, "GET /files/f HTTP/1.1\r\nhost: x\r\n\r\n").await.body, b"data");
+    s.stop.take().unwrap().send(()).unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "closed without a byte");
+    tokio::time::timeout(WAIT, s.task).await.unwrap().unwrap().unwrap();
+}
