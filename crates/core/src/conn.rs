@@ -292,6 +292,28 @@ impl Conn {
         self.out.push_back(bytes);
     }
 
+    /// Writes `bytes` at once if nothing is queued ahead of them, without
+    /// waiting, and queues a copy of whatever the socket does not take.
+    /// A request–reply session sends each reply this way straight from
+    /// the buffer it built it in, which it then reuses: turning the buffer
+    /// into a queued chunk and reclaiming it after the write cost about as
+    /// much as parsing the request.
+    pub fn write_or_queue(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut written = 0;
+        if self.out_len == 0 && !bytes.is_empty() {
+            match self.stream.try_write(bytes) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if written < bytes.len() {
+            self.queue(Bytes::copy_from_slice(&bytes[written..]));
+        }
+        Ok(())
+    }
+
     /// Takes back the last `n` queued bytes, which must not have been
     /// written (`n <= pending_out()`, and no write has started on them:
     /// the caller knows its frame boundaries). A session pausing for an
@@ -516,6 +538,36 @@ mod tests {
         }
         assert_eq!(&conn.read_buf()[..], b"NEXT");
         drop(writer.await.unwrap());
+    }
+
+    /// Written at once when nothing is queued; queued behind queued output
+    /// otherwise, so the order holds.
+    #[tokio::test]
+    async fn write_or_queue_keeps_the_order() {
+        let (mut client, server) = pair().await;
+        let mut conn = Conn::new(server, 1 << 20);
+        // The socket's write readiness arrives with the first poll of the runtime's driver.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            conn.write_or_queue(b"one ").unwrap();
+            if !conn.has_output() {
+                break;
+            }
+            conn.flush().await.unwrap();
+            assert!(std::time::Instant::now() < deadline, "never written at once");
+        }
+        conn.queue(Bytes::from_static(b"two "));
+        conn.write_or_queue(b"three").unwrap();
+        assert_eq!(conn.pending_out(), 9, "written ahead of queued output");
+        conn.flush().await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"three") {
+            let mut piece = [0u8; 64];
+            let n = client.read(&mut piece).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert!(got.ends_with(b"one two three"), "got {:?}", String::from_utf8_lossy(&got));
     }
 
     #[tokio::test]

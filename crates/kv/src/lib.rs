@@ -3,6 +3,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod commands;
+mod polled_when_woken;
 pub mod protocol;
 mod service;
 mod session;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::commands::{Ctx, Next, execute};
+use crate::polled_when_woken::PolledWhenWoken;
 use crate::protocol::{Parse, parse};
 use crate::service::KvService;
 use crate::stats::KvStats;
@@ -80,7 +81,8 @@ async fn serve(
     // One wait for the pause, kept across requests: a fresh one per
     // request would register with (and leave) the pause's watch channels
     // every time.
-    let mut paused = std::pin::pin!(wait_for_pause(ctx.pause.clone()));
+    // Polled only when the pause wakes the session, not on every request.
+    let mut paused = PolledWhenWoken::new(wait_for_pause(ctx.pause.clone()));
     loop {
         // Execute every complete request buffered.
         debug_assert!(out.is_empty());
@@ -105,14 +107,14 @@ async fn serve(
             if conn.pending_out() + out.len() > MAX_PENDING_OUT {
                 break;
             }
-            match parse(conn.read_buf(), &limits) {
+            let input = conn.read_buf();
+            match parse(input, &limits) {
                 Parse::Incomplete => {
                     need_input = true;
                     break;
                 }
                 Parse::Request { req, consumed } => {
                     KvStats::add(&svc.stats.bytes_read, consumed as u64);
-                    conn.read_buf().advance(consumed);
                     let flushes = req.flushes();
                     let mut cx = Ctx {
                         store: &svc.store,
@@ -123,7 +125,10 @@ async fn serve(
                         wrote: false,
                         max_item_bytes: limits.max_item_bytes,
                     };
+                    // The request borrows its keys from the read buffer:
+                    // its bytes are dropped once it has run.
                     let next = execute(req, &mut cx);
+                    input.advance(consumed);
                     wrote |= cx.wrote;
                     if next == Next::Close {
                         close = true;
@@ -141,7 +146,7 @@ async fn serve(
                     }
                 }
                 Parse::Error { reply, consumed, swallow: skip, close: shut, drop_unsent, effect } => {
-                    conn.read_buf().advance(consumed);
+                    input.advance(consumed);
                     wrote |= crate::commands::apply_effect(&svc.store, effect, now);
                     swallow = skip;
                     if drop_unsent {
@@ -164,10 +169,23 @@ async fn serve(
         }
         if !out.is_empty() {
             KvStats::add(&svc.stats.bytes_written, out.len() as u64);
-            let big = out.len() > OUT_KEEP;
-            conn.queue(out.split().freeze());
-            if big {
-                out = BytesMut::new();
+            if need_input && !close && out.len() <= OUT_KEEP {
+                // The client waits for this reply before it sends more (one
+                // request in flight): send it now, straight from `out`, so
+                // the wait below is for input alone and the session is
+                // polled once per request. What the socket does not take is
+                // queued (copied) and written by the pump.
+                if let Err(e) = conn.write_or_queue(&out) {
+                    tracing::debug!("kv connection failed: {e}");
+                    return None;
+                }
+                out.clear();
+            } else {
+                let big = out.len() > OUT_KEEP;
+                conn.queue(out.split().freeze());
+                if big {
+                    out = BytesMut::new();
+                }
             }
         }
         if close {
@@ -177,10 +195,10 @@ async fn serve(
         if ctx.pause.requested().is_some() {
             return Some(KvState { format: STATE_FORMAT, swallow });
         }
-        let room = conn.pending_out() < MAX_PENDING_OUT;
-        if !need_input && room {
+        if !need_input && conn.pending_out() < MAX_PENDING_OUT {
             continue;
         }
+        let room = conn.pending_out() < MAX_PENDING_OUT;
         let want_read = need_input && room;
         tokio::select! {
             // The socket first: a request that is already there is served
@@ -202,7 +220,7 @@ async fn serve(
             _ = &mut paused => {
                 // Seen by the safe point next time round; if the pause is
                 // lifted before that, wait for the next one.
-                paused.set(wait_for_pause(ctx.pause.clone()));
+                paused = PolledWhenWoken::new(wait_for_pause(ctx.pause.clone()));
             }
             _ = sleep_until(deadline) => return None,
         }
@@ -220,6 +238,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Unix seconds, from the kernel's coarse clock: expiry counts whole seconds, and the coarse clock (a few
+/// milliseconds behind at most) is read without the precise clock's hardware counter read and conversion
+/// (memcached reads a clock its timer updates once a second).
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE) {
+        Ok(t) => u64::try_from(t.tv_sec()).unwrap_or(0),
+        Err(_) => crate::store::unix_now(),
+    }
 }

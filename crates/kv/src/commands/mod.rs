@@ -53,8 +53,8 @@ pub enum Next {
 
 pub fn execute(req: Request, cx: &mut Ctx<'_>) -> Next {
     match req {
-        Request::Get { keys, with_cas } => get::get(cx, &keys, with_cas, None),
-        Request::Gat { exptime, keys, with_cas } => get::get(cx, &keys, with_cas, Some(exptime)),
+        Request::Get { keys, with_cas } => get::get(cx, keys, with_cas, None),
+        Request::Gat { exptime, keys, with_cas } => get::get(cx, keys, with_cas, Some(exptime)),
         Request::Store { cmd, key, flags, exptime, data, cas_unique, noreply } => {
             storage::store(cx, cmd, &key, flags, exptime, data, cas_unique, noreply)
         }

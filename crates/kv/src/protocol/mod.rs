@@ -28,4 +28,4 @@ mod tests;
 pub use exptime::{Expiry, absolute};
 pub use meta::{MetaCmd, MetaDebugInfo, MetaFlags, MetaItem, MetaStatus, quiet_hides};
 pub use parse::{Effect, Limits, Parse, parse};
-pub use request::{Request, StoreCmd};
+pub use request::{Keys, Request, StoreCmd};

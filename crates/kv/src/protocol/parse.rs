@@ -38,7 +38,7 @@
 use bytes::Bytes;
 
 use super::meta::{self, MetaFlags};
-use super::request::{Request, StoreCmd};
+use super::request::{Keys, Request, StoreCmd};
 use super::{base64, number, reply};
 
 /// memcached's per-item overhead counted against the item size limit: its 48-byte item header plus the
@@ -75,11 +75,11 @@ impl Default for Limits {
 /// The outcome of parsing the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // returned and matched at once, never stored
-pub enum Parse {
+pub enum Parse<'a> {
     /// No complete request yet: read more and call again with the same bytes plus the new ones.
     Incomplete,
     /// A request, and how many bytes it took (line and data block).
-    Request { req: Request, consumed: usize },
+    Request { req: Request<'a>, consumed: usize },
     /// memcached answers `reply` without running anything: write it (it is empty when `noreply` hid it),
     /// drop `consumed` bytes, then also drop the next `swallow` bytes, which may not have arrived yet (the
     /// data block of a refused storage command: memcached skips it rather than reading it as commands).
@@ -102,9 +102,10 @@ pub enum Effect {
 }
 
 /// Parses the request at the front of `buf`.
-pub fn parse(buf: &[u8], limits: &Limits) -> Parse {
+pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> Parse<'a> {
     let multiget = is_multiget(buf);
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+    // memchr: the scans below look at every byte of every request, and memchr looks at many at a time.
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
         let limit = if multiget { limits.max_get_line } else { limits.max_line };
         return if buf.len() > limit { close(buf.len()) } else { Parse::Incomplete };
     };
@@ -112,7 +113,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Parse {
         return close(nl + 1);
     }
     let mut line = &buf[..if nl > 1 && buf[nl - 1] == b'\r' { nl - 1 } else { nl }];
-    if let Some(nul) = line.iter().position(|&b| b == 0) {
+    if let Some(nul) = memchr::memchr(0, line) {
         line = &line[..nul];
     }
     let mut few = [&[][..]; FEW_TOKENS];
@@ -132,7 +133,7 @@ fn tokenize<'t, 'a>(
     few: &'t mut [&'a [u8]; FEW_TOKENS],
     many: &'t mut Vec<&'a [u8]>,
 ) -> &'t [&'a [u8]] {
-    let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+    let mut tokens = Tokens::new(line);
     let mut count = 0;
     for token in tokens.by_ref() {
         few[count] = token;
@@ -149,49 +150,72 @@ fn tokenize<'t, 'a>(
     many
 }
 
+/// The tokens of a line: what lies between runs of spaces.
+pub(super) struct Tokens<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Tokens<'a> {
+    pub(super) fn new(line: &'a [u8]) -> Tokens<'a> {
+        Tokens { rest: line }
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.rest.iter().position(|&b| b != b' ')?;
+        let rest = &self.rest[start..];
+        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        self.rest = &rest[end..];
+        Some(&rest[..end])
+    }
+}
+
 /// memcached's test for a line allowed to exceed its buffer: `get ` or `gets ` after at most 100 spaces.
 fn is_multiget(buf: &[u8]) -> bool {
     let spaces = buf.iter().take_while(|&&b| b == b' ').count();
     spaces <= 100 && (buf[spaces..].starts_with(b"get ") || buf[spaces..].starts_with(b"gets "))
 }
 
-fn bad_chunk(reply: &'static [u8], consumed: usize) -> Parse {
+fn bad_chunk(reply: &'static [u8], consumed: usize) -> Parse<'static> {
     Parse::Error { reply, consumed, swallow: 0, close: false, drop_unsent: false, effect: Effect::None }
 }
 
-fn close(consumed: usize) -> Parse {
+fn close(consumed: usize) -> Parse<'static> {
     Parse::Error { reply: b"", consumed, swallow: 0, close: true, drop_unsent: true, effect: Effect::None }
 }
 
-/// One command line, tokenized.
-struct Line<'a> {
+/// One command line (of a buffer living for `'a`), tokenized into an array living for `'t`.
+struct Line<'t, 'a> {
     /// The command line, without its line end: every token is a slice of it.
     line: &'a [u8],
     /// Every token (memcached reads the ones past 23 only for get and friends).
-    t: &'a [&'a [u8]],
+    t: &'t [&'a [u8]],
     /// memcached's `ntokens`: up to 23 tokens plus its terminal one.
     n: usize,
     consumed: usize,
     /// What follows the line: the data block, if any.
     rest: &'a [u8],
-    limits: &'a Limits,
+    limits: &'t Limits,
 }
 
-impl Line<'_> {
-    fn req(&self, req: Request) -> Parse {
+impl<'a> Line<'_, 'a> {
+    fn req(&self, req: Request<'a>) -> Parse<'a> {
         Parse::Request { req, consumed: self.consumed }
     }
 
-    fn err(&self, reply: &'static [u8]) -> Parse {
+    fn err(&self, reply: &'static [u8]) -> Parse<'a> {
         self.err_swallow(reply, 0)
     }
 
-    fn err_swallow(&self, reply: &'static [u8], swallow: usize) -> Parse {
+    fn err_swallow(&self, reply: &'static [u8], swallow: usize) -> Parse<'a> {
         Parse::Error { reply, consumed: self.consumed, swallow, close: false, drop_unsent: false, effect: Effect::None }
     }
 
     /// An error hidden by `noreply`.
-    fn err_nr(&self, reply: &'static [u8], noreply: bool) -> Parse {
+    fn err_nr(&self, reply: &'static [u8], noreply: bool) -> Parse<'a> {
         self.err(if noreply { b"" } else { reply })
     }
 
@@ -205,7 +229,7 @@ impl Line<'_> {
     }
 
     /// memcached's `process_command_ascii`: a wrong token count is `ERROR` before anything else is checked.
-    fn dispatch(&self) -> Parse {
+    fn dispatch(&self) -> Parse<'a> {
         let Some(&cmd) = self.t.first().filter(|c| c.len() >= 2) else { return self.err(reply::ERROR) };
         if cmd[0] == b'm' && cmd.len() == 2 {
             return match cmd[1] {
@@ -219,7 +243,7 @@ impl Line<'_> {
             };
         }
         let n = self.n;
-        let (ok, run): (bool, fn(&Self) -> Parse) = match cmd {
+        let (ok, run): (bool, fn(&Self) -> Parse<'a>) = match cmd {
             b"get" | b"bget" => (n >= 3, |l| l.get(false, false)),
             b"gets" => (n >= 3, |l| l.get(true, false)),
             b"gat" => (n >= 3, |l| l.get(false, true)),
@@ -249,7 +273,7 @@ impl Line<'_> {
         if ok { run(self) } else { self.err(reply::ERROR) }
     }
 
-    fn get(&self, with_cas: bool, touch: bool) -> Parse {
+    fn get(&self, with_cas: bool, touch: bool) -> Parse<'a> {
         let mut first_key = 1;
         let mut exptime = 0;
         if touch {
@@ -274,11 +298,11 @@ impl Line<'_> {
                 effect,
             };
         }
-        let keys = copy_keys(self.line, keys);
+        let keys = key_span(self.line, keys);
         self.req(if touch { Request::Gat { exptime, keys, with_cas } } else { Request::Get { keys, with_cas } })
     }
 
-    fn store(&self, cmd: StoreCmd) -> Parse {
+    fn store(&self, cmd: StoreCmd) -> Parse<'a> {
         let noreply = self.noreply();
         let bad = || self.err_nr(reply::CLIENT_ERROR_BAD_FORMAT, noreply);
         if self.t[1].len() > self.limits.max_key {
@@ -334,7 +358,7 @@ impl Line<'_> {
         })
     }
 
-    fn arith(&self, incr: bool) -> Parse {
+    fn arith(&self, incr: bool) -> Parse<'a> {
         let noreply = self.noreply();
         if self.t[1].len() > self.limits.max_key {
             return self.err_nr(reply::CLIENT_ERROR_BAD_FORMAT, noreply);
@@ -345,7 +369,7 @@ impl Line<'_> {
         }
     }
 
-    fn touch(&self) -> Parse {
+    fn touch(&self) -> Parse<'a> {
         let noreply = self.noreply();
         if self.t[1].len() > self.limits.max_key {
             return self.err_nr(reply::CLIENT_ERROR_BAD_FORMAT, noreply);
@@ -357,7 +381,7 @@ impl Line<'_> {
     }
 
     /// `delete <key> [0] [noreply]`: memcached 1.6 still accepts a hold time, if it is exactly `0`.
-    fn delete(&self) -> Parse {
+    fn delete(&self) -> Parse<'a> {
         let mut noreply = false;
         if self.n > 3 {
             let zero = self.t[2] == b"0";
@@ -373,7 +397,7 @@ impl Line<'_> {
         self.req(Request::Delete { key: self.key(1), noreply })
     }
 
-    fn flush_all(&self) -> Parse {
+    fn flush_all(&self) -> Parse<'a> {
         let noreply = self.noreply();
         let mut delay = 0;
         if self.n != if noreply { 3 } else { 2 } {
@@ -385,7 +409,7 @@ impl Line<'_> {
         self.req(Request::FlushAll { delay, noreply })
     }
 
-    fn verbosity(&self) -> Parse {
+    fn verbosity(&self) -> Parse<'a> {
         let noreply = self.noreply();
         match number::strtoul(self.t[1]) {
             Some(level) => self.req(Request::Verbosity { level, noreply }),
@@ -407,7 +431,7 @@ impl Line<'_> {
         }
     }
 
-    fn meta_get(&self) -> Parse {
+    fn meta_get(&self) -> Parse<'a> {
         if let Some(e) = self.meta_common(reply::CLIENT_ERROR_FLAGS_ARE_TOO_LONG, 0) {
             return self.err(e);
         }
@@ -418,7 +442,7 @@ impl Line<'_> {
         }
     }
 
-    fn meta_set(&self) -> Parse {
+    fn meta_set(&self) -> Parse<'a> {
         if let Some(e) = self.meta_common(reply::CLIENT_ERROR_FLAGS_TOO_LONG, 4) {
             return self.err(e);
         }
@@ -451,7 +475,7 @@ impl Line<'_> {
     }
 
     /// md and ma answer every flag error with the same message.
-    fn meta_delete_or_arith(&self, arith: bool) -> Parse {
+    fn meta_delete_or_arith(&self, arith: bool) -> Parse<'a> {
         if let Some(e) = self.meta_common(reply::CLIENT_ERROR_FLAGS_TOO_LONG, 0) {
             return self.err(e);
         }
@@ -469,7 +493,7 @@ impl Line<'_> {
     }
 
     /// `me <key> [b]`: only an exact `b` right after the key decodes it; other tokens are ignored.
-    fn meta_debug(&self) -> Parse {
+    fn meta_debug(&self) -> Parse<'a> {
         if self.n < 3 || self.t[1].len() > self.limits.max_key {
             return self.err(reply::CLIENT_ERROR_BAD_FORMAT);
         }
@@ -485,26 +509,18 @@ impl Line<'_> {
     }
 }
 
-/// The keys of a multiget, copied out of the read buffer in one allocation: the part of `line` from the
-/// first key to the last (tokens of that line, in order) is copied once and every key is a slice of the
-/// copy, instead of one allocation per key (16 per request in a 16-key multiget). One key is copied alone.
-fn copy_keys(line: &[u8], keys: &[&[u8]]) -> Vec<Bytes> {
-    let base = line.as_ptr() as usize;
-    let offset = |k: &[u8]| (k.as_ptr() as usize).checked_sub(base).filter(|&o| o + k.len() <= line.len());
-    let (Some(first), Some(last)) = (keys.first(), keys.last()) else { return Vec::new() };
-    if keys.len() == 1 {
-        // A slice of the copy would cost one more allocation (the copy's shared header) than the copy alone.
-        return vec![Bytes::copy_from_slice(first)];
+/// The keys of a get-family line: the part of `line` from its first key (a token of that line) to its end,
+/// where every token is a key. Nothing is copied: the request borrows the read buffer.
+fn key_span<'a>(line: &'a [u8], keys: &[&'a [u8]]) -> Keys<'a> {
+    let Some(first) = keys.first() else { return Keys::new(&[]) };
+    let start =
+        (first.as_ptr() as usize).checked_sub(line.as_ptr() as usize).filter(|&o| o + first.len() <= line.len());
+    match start {
+        Some(start) => Keys::new(&line[start..]),
+        None => {
+            // Unreachable: tokens are slices of their line. Fall back to the first key alone rather than panic.
+            debug_assert!(false, "keys are not tokens of the line");
+            Keys::new(first)
+        }
     }
-    let (Some(start), Some(end)) = (offset(first), offset(last).map(|o| o + last.len())) else {
-        debug_assert!(false, "keys are not tokens of the line");
-        return keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
-    };
-    let span = Bytes::copy_from_slice(&line[start..end.max(start)]);
-    keys.iter()
-        .map(|k| match offset(k) {
-            Some(o) if o >= start && o + k.len() <= end => span.slice(o - start..o - start + k.len()),
-            _ => Bytes::copy_from_slice(k),
-        })
-        .collect()
 }

@@ -26,13 +26,14 @@ pub enum StoreCmd {
     Cas,
 }
 
-/// One request.
+/// One request. A get-family request borrows its keys from the buffer it was parsed from
+/// ([`Keys`]); every other request owns what it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub enum Request<'a> {
     /// `get`/`bget` (`with_cas: false`) or `gets`: a `VALUE` line per hit, then `END`. Never empty.
-    Get { keys: Vec<Bytes>, with_cas: bool },
+    Get { keys: Keys<'a>, with_cas: bool },
     /// `gat`/`gats`: touch then get. `keys` may be empty (`gat 10` answers a bare `END`).
-    Gat { exptime: i64, keys: Vec<Bytes>, with_cas: bool },
+    Gat { exptime: i64, keys: Keys<'a>, with_cas: bool },
     /// `set`/`add`/`replace`/`append`/`prepend`/`cas`. `cas_unique` is 0 except for `cas`.
     Store { cmd: StoreCmd, key: Bytes, flags: u32, exptime: i64, data: Bytes, cas_unique: u64, noreply: bool },
     /// `delete <key> [0] [noreply]`.
@@ -66,7 +67,7 @@ pub enum Request {
     MetaDebug { key: Bytes },
 }
 
-impl Request {
+impl Request<'_> {
     /// Whether memcached writes out every queued reply after this request (get family, `mn`, `quit`);
     /// see the `parse` module's "When memcached writes".
     pub fn flushes(&self) -> bool {
@@ -85,5 +86,38 @@ impl Request {
             | Request::Verbosity { noreply, .. } => *noreply,
             _ => false,
         }
+    }
+}
+
+/// The keys of a get-family request: the part of its command line that holds them, borrowed from the read
+/// buffer and split on spaces as they are read. A get is the most frequent request and the keys live only
+/// until its reply is built, so carrying them costs no allocation and no copy (a copied key and the vector
+/// holding it were the two allocations left per get).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Keys<'a> {
+    /// Keys separated by runs of spaces, nothing else (no command, no line end).
+    span: &'a [u8],
+}
+
+impl<'a> Keys<'a> {
+    /// The keys in `span`: the tokens of a command line from the first key to the line's end.
+    pub fn new(span: &'a [u8]) -> Keys<'a> {
+        debug_assert!(!span.contains(&b'\n'), "a key span holds one line");
+        Keys { span }
+    }
+
+    /// The keys in order, as the client sent them.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        super::parse::Tokens::new(self.span)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl std::fmt::Debug for Keys<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter().map(|k| String::from_utf8_lossy(k))).finish()
     }
 }

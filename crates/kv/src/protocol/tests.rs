@@ -6,18 +6,17 @@
 //! `noreply` hid, `CLOSE` for a dropped connection, `…` for bytes left waiting. The comment beside each gives
 //! memcached's full reply where it helps.
 
-use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::parse::{Limits, Parse, parse};
-use super::request::Request;
+use super::request::{Keys, Request};
 
 fn esc(b: &[u8]) -> String {
     b.escape_ascii().to_string()
 }
 
 fn brief(req: &Request) -> String {
-    let keys = |ks: &[Bytes]| ks.iter().map(|k| esc(k)).collect::<Vec<_>>().join(" ");
+    let keys = |ks: &Keys<'_>| ks.iter().map(esc).collect::<Vec<_>>().join(" ");
     let nr = |n: &bool| if *n { " noreply" } else { "" };
     match req {
         Request::Get { keys: ks, with_cas } => format!("get{} {}", if *with_cas { "s" } else { "" }, keys(ks)),
@@ -596,7 +595,7 @@ fn multiget_keys_are_the_tokens() {
             panic!("not a gets")
         };
         assert_eq!(consumed, line.len());
-        let got: Vec<&[u8]> = got.iter().map(|k| &k[..]).collect();
+        let got: Vec<&[u8]> = got.iter().collect();
         let want: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
         assert_eq!(got, want, "{count} keys");
     }

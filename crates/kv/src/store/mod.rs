@@ -1,7 +1,8 @@
 //! The persistent store: in-memory index and values, append-only log on disk.
 //!
-//! Every item lives in memory, in one of [`SHARDS`] hash sets each behind its own mutex (picked by a hash of
-//! the key), so that gets from many connections rarely contend. In the persistent modes every change is also
+//! Every item lives in memory, in one of [`SHARDS`] hash tables each behind its own mutex (picked by the top
+//! bits of the key's hash, which is computed once per request: see the `index` module), so that gets from many
+//! connections rarely contend. In the persistent modes every change is also
 //! appended to a log (Bitcask style, see the `log` module for the format) before the call returns:
 //!
 //! - [`Durability::Os`]: the record is written (`pwrite`) before the call returns; it survives a killed
@@ -22,19 +23,14 @@
 //! refuses writes; after the old store's [`Store::prepare_handover`] it takes over with
 //! [`Store::catch_up`], which replays only what was appended meanwhile (or everything again if the old
 //! process compacted in between: the snapshot id is the log's generation).
-// Entries are kept in a `HashSet` keyed by the key stored inside them; their mutable fields (expiry, flags
-// bits) are `Cell`s that never take part in hashing or equality.
-#![allow(clippy::mutable_key_type)]
-
+mod index;
 mod log;
 mod persist;
 #[cfg(test)]
 mod tests;
 
-use std::borrow::Borrow;
 use std::cell::Cell;
-use std::collections::{HashSet, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,6 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use index::{Index, Key, KeyHasher};
 use log::{Meta, Op};
 use persist::LogCtl;
 
@@ -199,29 +196,36 @@ const REFERENCED: u8 = 4; // CLOCK bit (memory mode)
 const TOKEN_SENT: u8 = 8; // an mg won this item's recache token (memcached's ITEM_TOKEN_SENT)
 
 /// One item (48 bytes): `data` is the key followed by the value, in one allocation. Gets hand out the value
-/// as a `Bytes` that shares `data` (`Bytes::from_owner`: a small allocation per get, none per item).
+/// as a `Bytes` that shares `data` (`Bytes::from_owner`: a small allocation per get, none per item). `tag` is
+/// the low half of the key's hash ([`Key::tag`]): the index compares and rehashes by it without reading `data`.
 struct Entry {
     data: Arc<[u8]>,
     cas: u64,
     exptime: Cell<u64>,
     time: u32,
     flags: u32,
+    tag: u32,
     key_len: u8,
     bits: Cell<u8>,
 }
 
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
+
 impl Entry {
-    fn new(key: &[u8], value: &[&[u8]], flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
-        let mut v = Vec::with_capacity(key.len() + value.iter().map(|p| p.len()).sum::<usize>());
-        v.extend_from_slice(key);
+    fn new(key: Key<'_>, value: &[&[u8]], flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
+        let mut v = Vec::with_capacity(key.bytes.len() + value.iter().map(|p| p.len()).sum::<usize>());
+        v.extend_from_slice(key.bytes);
         for p in value {
             v.extend_from_slice(p);
         }
-        Entry::from_data(v.into(), key.len(), flags, exptime, cas, time)
+        Entry::from_data(v.into(), key.bytes.len(), key.tag(), flags, exptime, cas, time)
     }
-    fn from_data(data: Arc<[u8]>, key_len: usize, flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
+    /// An entry over `data`, which starts with a key of `key_len` bytes whose [`Key::tag`] is `tag`.
+    fn from_data(data: Arc<[u8]>, key_len: usize, tag: u32, flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
+        assert!(key_len <= MAX_KEY_LEN && key_len <= data.len(), "an entry's key is at most {MAX_KEY_LEN} bytes");
         let time = u32::try_from(time).unwrap_or(u32::MAX);
-        Entry { data, cas, exptime: Cell::new(exptime), time, flags, key_len: key_len as u8, bits: Cell::new(0) }
+        let key_len = key_len as u8;
+        Entry { data, cas, exptime: Cell::new(exptime), time, flags, tag, key_len, bits: Cell::new(0) }
     }
     fn key(&self) -> &[u8] {
         &self.data[..self.key_len as usize]
@@ -247,32 +251,6 @@ impl Entry {
     }
 }
 
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
-    }
-}
-impl Hash for Entry {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.key().hash(h)
-    }
-}
-impl PartialEq for Entry {
-    fn eq(&self, o: &Entry) -> bool {
-        self.key() == o.key()
-    }
-}
-impl Eq for Entry {}
-
-/// The index's hasher: foldhash with a random seed per table, not std's SipHash. Every get hashes its key
-/// and every set four times (SipHash took 1.4 % of the server's CPU in a 90 % get load). The random seed
-/// keeps clients from choosing colliding keys in advance; as foldhash's documentation says, it is no
-/// defence against an attacker who learns the seed by timing the replies.
-type KeyHasher = foldhash::fast::RandomState;
-
-/// One shard's items, looked up by key.
-type Index = HashSet<Entry, KeyHasher>;
-
 #[derive(Default)]
 struct Shard {
     set: Index,
@@ -297,6 +275,8 @@ struct Counters {
 
 struct Inner {
     cfg: StoreConfig,
+    /// Hashes every key once per request; the hash picks the shard and finds the entry in it.
+    hasher: KeyHasher,
     shards: Box<[Mutex<Shard>]>,
     /// Last cas handed out.
     cas: AtomicU64,
@@ -317,14 +297,6 @@ pub struct Store {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn shard_of(key: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    ((h ^ (h >> 29)) % SHARDS as u64) as usize
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -358,6 +330,14 @@ fn parse_counter(v: &[u8]) -> Option<u64> {
 impl Inner {
     fn persistent(&self) -> bool {
         self.log.is_some()
+    }
+
+    fn key<'k>(&self, bytes: &'k [u8]) -> Key<'k> {
+        Key::new(&self.hasher, bytes)
+    }
+
+    fn shard(&self, k: Key<'_>) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[k.shard()])
     }
 
     fn charge(&self, key_len: usize, val_len: usize) -> u64 {
@@ -402,8 +382,8 @@ impl Inner {
     }
 
     /// Removes a dead (expired or flushed) entry.
-    fn reclaim(&self, shard: &mut Shard, key: &[u8]) {
-        if let Some(e) = shard.set.take(key) {
+    fn reclaim(&self, shard: &mut Shard, k: Key<'_>) {
+        if let Some(e) = shard.set.take(k) {
             self.unlink(shard, &e);
             self.counters.reclaimed.fetch_add(1, Relaxed);
             if !e.has(FETCHED) {
@@ -415,10 +395,10 @@ impl Inner {
     /// Makes room for `new_charge` bytes replacing whatever `key` holds now; on success the memory is
     /// counted in `mem_used` (not yet in the shard) and the returned delta must be applied with `install` or
     /// given back with `unreserve`.
-    fn reserve(&self, si: usize, shard: &mut Shard, key: &[u8], new_charge: u64, now: u64) -> Result<u64, StoreError> {
+    fn reserve(&self, shard: &mut Shard, k: Key<'_>, new_charge: u64, now: u64) -> Result<u64, StoreError> {
         let max = self.cfg.max_memory;
         loop {
-            let old = shard.set.get(key).map_or(0, |e| self.charge_of(e));
+            let old = shard.set.get(k).map_or(0, |e| self.charge_of(e));
             let delta = new_charge.wrapping_sub(old);
             let fits = self.mem_used.fetch_update(Relaxed, Relaxed, |u| {
                 (new_charge <= old || u.wrapping_add(delta) <= max).then(|| u.wrapping_add(delta))
@@ -426,7 +406,7 @@ impl Inner {
             if fits.is_ok() {
                 return Ok(delta);
             }
-            if !self.free_some(si, shard, key, now) {
+            if !self.free_some(shard, k, now) {
                 return Err(StoreError::OutOfMemory);
             }
         }
@@ -440,9 +420,10 @@ impl Inner {
     /// drop expired and flushed items. Returns whether anything was freed.
     /// CLOCK: a first pass over every shard evicts only items not referenced since the hand last passed;
     /// a second pass takes whatever comes first.
-    fn free_some(&self, si: usize, shard: &mut Shard, key: &[u8], now: u64) -> bool {
+    fn free_some(&self, shard: &mut Shard, k: Key<'_>, now: u64) -> bool {
+        let si = k.shard();
         for second_pass in [false, true] {
-            if self.free_in(shard, Some(key), now, second_pass) {
+            if self.free_in(shard, Some(k.bytes), now, second_pass) {
                 return true;
             }
             for i in 1..SHARDS {
@@ -473,7 +454,8 @@ impl Inner {
         while budget > 0 {
             budget -= 1;
             let Some((k, cas)) = shard.ring.pop_front() else { return false };
-            let Some(e) = shard.set.get(&*k).filter(|e| e.cas == cas) else { continue };
+            let hk = self.key(&k);
+            let Some(e) = shard.set.get(hk).filter(|e| e.cas == cas) else { continue };
             let live = self.is_live(e, now);
             if skip == Some(&*k) || (live && e.has(REFERENCED)) {
                 e.set_bit(REFERENCED, false);
@@ -481,12 +463,12 @@ impl Inner {
                 continue;
             }
             if live {
-                if let Some(e) = shard.set.take(&*k) {
+                if let Some(e) = shard.set.take(hk) {
                     self.unlink(shard, &e);
                     self.counters.evictions.fetch_add(1, Relaxed);
                 }
             } else {
-                self.reclaim(shard, &k);
+                self.reclaim(shard, hk);
             }
             return true;
         }
@@ -496,13 +478,13 @@ impl Inner {
     /// Drops every dead item of a shard.
     fn sweep(&self, shard: &mut Shard, now: u64) {
         let mut dead = Vec::new();
-        for e in &shard.set {
+        for e in shard.set.iter() {
             if !self.is_live(e, now) {
                 dead.push(Box::<[u8]>::from(e.key()));
             }
         }
         for k in dead {
-            self.reclaim(shard, &k);
+            self.reclaim(shard, self.key(&k));
         }
     }
 
@@ -527,7 +509,7 @@ impl Inner {
         }
         if shard.ring.len() > 2 * shard.set.len() + 64 {
             let Shard { set, ring, .. } = shard;
-            ring.retain(|(k, c)| set.get(&**k).is_some_and(|e| e.cas == *c));
+            ring.retain(|(k, c)| set.get(self.key(k)).is_some_and(|e| e.cas == *c));
         }
     }
 
@@ -535,9 +517,8 @@ impl Inner {
     #[allow(clippy::too_many_arguments)]
     fn write_item(
         &self,
-        si: usize,
         shard: &mut Shard,
-        key: &[u8],
+        key: Key<'_>,
         value: &[&[u8]],
         flags: u32,
         exptime: u64,
@@ -547,12 +528,12 @@ impl Inner {
         if val_len as u64 > self.cfg.max_item_bytes {
             return Err(StoreError::TooLarge);
         }
-        let delta = self.reserve(si, shard, key, self.charge(key.len(), val_len), now)?;
+        let delta = self.reserve(shard, key, self.charge(key.bytes.len(), val_len), now)?;
         let cas = self.next_cas();
         let e = Entry::new(key, value, flags, exptime, cas, now);
         if self.persistent() {
             let meta = Meta { op: Op::Set, flags, exptime, cas, time: now };
-            if let Err(err) = self.append(meta, key, e.value()) {
+            if let Err(err) = self.append(meta, key.bytes, e.value()) {
                 self.unreserve(delta);
                 return Err(err);
             }
@@ -563,22 +544,23 @@ impl Inner {
     }
 
     /// Looks `key` up, reclaiming it if dead.
-    fn live_entry<'s>(&self, shard: &'s mut Shard, key: &[u8], now: u64) -> Option<&'s Entry> {
-        match shard.set.get(key) {
+    fn live_entry<'s>(&self, shard: &'s mut Shard, k: Key<'_>, now: u64) -> Option<&'s Entry> {
+        match shard.set.get(k) {
             Some(e) if self.is_live(e, now) => {}
             Some(_) => {
-                self.reclaim(shard, key);
+                self.reclaim(shard, k);
                 return None;
             }
             None => return None,
         }
-        shard.set.get(key)
+        shard.set.get(k)
     }
 
     fn touch(&self, key: &[u8], exptime: u64, now: u64) -> Result<Option<Item>, StoreError> {
         check_key(key)?;
-        let mut shard = lock(&self.shards[shard_of(key)]);
-        let Some(e) = self.live_entry(&mut shard, key, now) else { return Ok(None) };
+        let k = self.key(key);
+        let mut shard = self.shard(k);
+        let Some(e) = self.live_entry(&mut shard, k, now) else { return Ok(None) };
         let mut added = 0;
         if self.persistent() {
             let meta = Meta { op: Op::Touch, flags: 0, exptime, cas: e.cas, time: now };
@@ -609,6 +591,7 @@ impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let log = if cfg.durability == Durability::Memory { None } else { Some(LogCtl::new(&cfg)?) };
         let inner = Inner {
+            hasher: KeyHasher::default(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             cas: AtomicU64::new(0),
             mem_used: AtomicU64::new(0),
@@ -632,10 +615,11 @@ impl Store {
     /// (`get` replies). `f` should be short: it holds up every key of the shard.
     pub fn get_with<R>(&self, key: &[u8], now: u64, f: impl FnOnce(ItemView<'_>) -> R) -> Option<R> {
         let inner = &*self.inner;
-        let mut shard = lock(&inner.shards[shard_of(key)]);
+        let k = inner.key(key);
+        let mut shard = inner.shard(k);
         // One lookup on the hot path: a live item is seen at once; only a dead one (rare) pays a second
         // lookup to be reclaimed.
-        match shard.set.get(key) {
+        match shard.set.get(k) {
             Some(e) if inner.is_live(e, now) => {
                 e.set_bit(FETCHED | REFERENCED, true);
                 return Some(f(ItemView { entry: e }));
@@ -643,7 +627,7 @@ impl Store {
             Some(_) => {}
             None => return None,
         }
-        inner.reclaim(&mut shard, key);
+        inner.reclaim(&mut shard, k);
         None
     }
 
@@ -651,8 +635,9 @@ impl Store {
     /// returns the item, or `None` if it is gone.
     pub fn mark_token_sent(&self, key: &[u8], now: u64) -> Option<Item> {
         let inner = &*self.inner;
-        let mut shard = lock(&inner.shards[shard_of(key)]);
-        let e = inner.live_entry(&mut shard, key, now)?;
+        let k = inner.key(key);
+        let mut shard = inner.shard(k);
+        let e = inner.live_entry(&mut shard, k, now)?;
         e.set_bit(TOKEN_SENT, true);
         Some(e.item())
     }
@@ -681,10 +666,10 @@ impl Store {
             return Err(StoreError::TooLarge);
         }
         let inner = &*self.inner;
-        let si = shard_of(key);
-        let mut guard = lock(&inner.shards[si]);
+        let k = inner.key(key);
+        let mut guard = inner.shard(k);
         let shard = &mut *guard;
-        let cur = inner.live_entry(shard, key, now);
+        let cur = inner.live_entry(shard, k, now);
         let not = |o| Ok((o, 0));
         let cas = match (mode, cur) {
             (Mode::Add, Some(e)) => {
@@ -696,13 +681,13 @@ impl Store {
             (Mode::Cas(c), Some(e)) if e.cas != c => return not(Outcome::Exists),
             (Mode::Append, Some(e)) => {
                 let (old, f, x) = (Arc::clone(&e.data), e.flags, e.exptime.get());
-                inner.write_item(si, shard, key, &[&old[key.len()..], &value], f, x, now)?
+                inner.write_item(shard, k, &[&old[key.len()..], &value], f, x, now)?
             }
             (Mode::Prepend, Some(e)) => {
                 let (old, f, x) = (Arc::clone(&e.data), e.flags, e.exptime.get());
-                inner.write_item(si, shard, key, &[&value, &old[key.len()..]], f, x, now)?
+                inner.write_item(shard, k, &[&value, &old[key.len()..]], f, x, now)?
             }
-            _ => inner.write_item(si, shard, key, &[&value], flags, exptime, now)?,
+            _ => inner.write_item(shard, k, &[&value], flags, exptime, now)?,
         };
         Ok((Outcome::Stored, cas))
     }
@@ -710,15 +695,16 @@ impl Store {
     pub fn delete(&self, key: &[u8], now: u64) -> Result<bool, StoreError> {
         check_key(key)?;
         let inner = &*self.inner;
-        let mut shard = lock(&inner.shards[shard_of(key)]);
-        if inner.live_entry(&mut shard, key, now).is_none() {
+        let k = inner.key(key);
+        let mut shard = inner.shard(k);
+        if inner.live_entry(&mut shard, k, now).is_none() {
             return Ok(false);
         }
         if inner.persistent() {
             let meta = Meta { op: Op::Delete, flags: 0, exptime: 0, cas: inner.cas.load(Relaxed), time: now };
             inner.append(meta, key, &[])?;
         }
-        if let Some(e) = shard.set.take(key) {
+        if let Some(e) = shard.set.take(k) {
             inner.unlink(&mut shard, &e);
         }
         Ok(true)
@@ -738,13 +724,13 @@ impl Store {
     ) -> Result<(Arith, u64), StoreError> {
         check_key(key)?;
         let inner = &*self.inner;
-        let si = shard_of(key);
-        let mut guard = lock(&inner.shards[si]);
+        let k = inner.key(key);
+        let mut guard = inner.shard(k);
         let shard = &mut *guard;
-        let Some(e) = inner.live_entry(shard, key, now) else {
+        let Some(e) = inner.live_entry(shard, k, now) else {
             let Some((initial, exptime)) = autoviv else { return Ok((Arith::NotFound, 0)) };
             let text = initial.to_string();
-            let cas = inner.write_item(si, shard, key, &[text.as_bytes()], 0, exptime, now)?;
+            let cas = inner.write_item(shard, k, &[text.as_bytes()], 0, exptime, now)?;
             return Ok((Arith::Value(initial), cas));
         };
         let Some(n) = parse_counter(e.value()) else { return Ok((Arith::NonNumeric, 0)) };
@@ -754,7 +740,7 @@ impl Store {
             text.resize(e.value().len(), b' ');
         }
         let (flags, exptime) = (e.flags, e.exptime.get());
-        let cas = inner.write_item(si, shard, key, &[&text], flags, exptime, now)?;
+        let cas = inner.write_item(shard, k, &[&text], flags, exptime, now)?;
         Ok((Arith::Value(n), cas))
     }
 

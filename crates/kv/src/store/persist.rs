@@ -318,12 +318,13 @@ impl Inner {
         match m.op {
             Op::Set => {
                 let key = rec.key();
-                let mut guard = lock(&self.shards[super::shard_of(key)]);
+                let k = self.key(key);
+                let mut guard = self.shard(k);
                 let shard = &mut *guard;
-                if let Some(old) = shard.set.take(key) {
+                if let Some(old) = shard.set.take(k) {
                     self.unlink(shard, &old);
                 }
-                let key_len = rec.key_len;
+                let (key_len, tag) = (rec.key_len, k.tag());
                 // Installed even if already expired: a later Touch record may
                 // extend it. What is still dead after the replay is swept then.
                 let now = seg_ctx.now;
@@ -333,22 +334,23 @@ impl Inner {
                 if expired || flushed {
                     seg_ctx.maybe_dead.push(Box::from(key));
                 }
-                let e = Entry::from_data(rec.data.into(), key_len, m.flags, m.exptime, m.cas, m.time);
+                let e = Entry::from_data(rec.data.into(), key_len, tag, m.flags, m.exptime, m.cas, m.time);
                 let c = self.charge_of(&e);
                 self.mem_used.fetch_add(c, Relaxed);
                 self.install(shard, e, c);
             }
             Op::Delete => {
-                let key = rec.key();
-                let mut shard = lock(&self.shards[super::shard_of(key)]);
-                if let Some(old) = shard.set.take(key) {
+                let k = self.key(rec.key());
+                let mut shard = self.shard(k);
+                if let Some(old) = shard.set.take(k) {
                     self.unlink(&mut shard, &old);
                 }
             }
             Op::Touch => {
                 let key = rec.key();
-                let mut shard = lock(&self.shards[super::shard_of(key)]);
-                if let Some(e) = shard.set.get(key) {
+                let k = self.key(key);
+                let mut shard = self.shard(k);
+                if let Some(e) = shard.set.get(k) {
                     e.exptime.set(m.exptime);
                     if !e.has(TOUCHED) {
                         e.set_bit(TOUCHED, true);
@@ -399,10 +401,11 @@ impl Inner {
     /// the data size).
     fn sweep_replayed(&self, ctx: &Replay) {
         for key in &ctx.maybe_dead {
-            let mut shard = lock(&self.shards[super::shard_of(key)]);
-            let dead = shard.set.get(&key[..]).is_some_and(|e| !self.is_live(e, ctx.now));
+            let k = self.key(key);
+            let mut shard = self.shard(k);
+            let dead = shard.set.get(k).is_some_and(|e| !self.is_live(e, ctx.now));
             if dead {
-                if let Some(e) = shard.set.take(&key[..]) {
+                if let Some(e) = shard.set.take(k) {
                     self.unlink(&mut shard, &e);
                 }
             }

@@ -33,7 +33,7 @@ fn val(s: &Store, k: &str) -> Option<String> {
 fn dump(s: &Store) -> BTreeMap<Vec<u8>, Item> {
     let mut m = BTreeMap::new();
     for sh in s.inner.shards.iter() {
-        for e in &lock(sh).set {
+        for e in lock(sh).set.iter() {
             m.insert(e.key().to_vec(), e.item());
         }
     }
@@ -412,6 +412,36 @@ fn fsync_group_commit() {
     assert!(el < Duration::from_secs(20), "group commit too slow: {el:?}");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(s.wait_durable(st.appended_seq)).unwrap();
+}
+
+/// The index's cost per get, without the network: 200,000 items of 16-byte keys and 100-byte values (the
+/// benchmark's), then gets of random keys, one thread; the best of five passes (the least disturbed by other
+/// load). `cargo test --release -p ferry-kv get_bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn get_bench() {
+    const ITEMS: u64 = 200_000;
+    const GETS: u64 = 2_000_000;
+    let d = tempfile::tempdir().unwrap();
+    let s = open(d.path());
+    let key = |i: u64| format!("{i:016}");
+    for i in 0..ITEMS {
+        s.store(Mode::Set, key(i).as_bytes(), 0, 0, Bytes::from(vec![b'v'; 100]), now()).unwrap();
+    }
+    // The keys to get, made before the clock starts (a fixed pseudo-random walk over the items).
+    let keys: Vec<String> = (0..GETS).map(|n| key(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) % ITEMS)).collect();
+    let t = now();
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let mut bytes = 0;
+        for k in &keys {
+            bytes += s.get_with(k.as_bytes(), t, |v| v.value().len()).unwrap();
+        }
+        assert_eq!(bytes as u64, GETS * 100);
+        best = best.min(start.elapsed().as_secs_f64() * 1e9 / GETS as f64);
+    }
+    eprintln!("get of a random key among {ITEMS}: {best:.1} ns (best of 5 passes of {GETS})");
 }
 
 /// `cargo test --release -p ferry-kv fsync_bench -- --ignored --nocapture`
