@@ -76,15 +76,7 @@ pub async fn get_file(
             Look::Load(seen, status, start, end) => {
                 let Some(cache) = state.cache() else { continue };
                 // Called on a miss only: a hit copies nothing.
-                let load = || {
-                    let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
-                    let buf = whole_buffer(m.size);
-                    async move {
-                        run_blocking(move || load_whole_into(&store, &n, &m, buf))
-                            .await
-                            .map_err(|e| io::Error::other(e.to_string()))?
-                    }
-                };
+                let load = || load_for_cache(&state, &name, &seen.meta);
                 let read = match cache.get_or_load(name.as_str(), &seen.meta.etag, seen.meta.size, load).await {
                     Ok(read) => read,
                     Err(e) if is_file_changed(&e) => continue,
@@ -283,15 +275,7 @@ pub async fn plain_whole(state: &HttpState, path: &str, head: bool) -> Option<Wh
     if !cache.admits(seen.meta.size) {
         return None;
     }
-    let load = || {
-        let (store, n, m) = (state.store().clone(), name.clone(), seen.meta.clone());
-        let buf = whole_buffer(m.size);
-        async move {
-            run_blocking(move || load_whole_into(&store, &n, &m, buf))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?
-        }
-    };
+    let load = || load_for_cache(state, &name, &seen.meta);
     let read = cache.get_or_load(name.as_str(), &seen.meta.etag, seen.meta.size, load).await.ok()?;
     // The cache keys entries by version (the etag holds the size): a
     // mismatch would be a bug, which get_file then reports.
@@ -309,6 +293,21 @@ pub struct WholeAnswer {
 }
 
 /// Bytes `start..end` of a whole-file read, without a copy.
+/// Reads the whole of `name`, as `meta` saw it, for the cache; called on a miss
+/// only (a hit copies nothing). The buffer is made here, on the worker that
+/// will free it, and filled on the blocking pool ([`whole_buffer`] says why).
+fn load_for_cache(
+    state: &HttpState,
+    name: &SafeName,
+    meta: &FileMeta,
+) -> impl Future<Output = io::Result<Bytes>> + use<> {
+    let (store, n, m) = (state.store().clone(), name.clone(), meta.clone());
+    let buf = whole_buffer(m.size);
+    async move {
+        run_blocking(move || load_whole_into(&store, &n, &m, buf)).await.map_err(|e| io::Error::other(e.to_string()))?
+    }
+}
+
 fn slice(name: &SafeName, bytes: &Bytes, start: u64, end: u64) -> Result<Bytes, HttpError> {
     // The file fits memory, so both ends fit a usize.
     let (Ok(s), Ok(e)) = (usize::try_from(start), usize::try_from(end)) else {
@@ -369,7 +368,7 @@ fn unsatisfiable(seen: &Seen) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_files::{CacheConfig, CachePolicyKind, DEFAULT_MAX_NAME_BYTES, FileStore};
+    use ferry_files::DEFAULT_MAX_NAME_BYTES;
     use std::os::unix::fs::symlink;
 
     fn n(s: &str) -> SafeName {
@@ -377,18 +376,7 @@ mod tests {
     }
 
     fn state(dir: &tempfile::TempDir) -> HttpState {
-        let store = FileStore::open(&dir.path().join("root"), &dir.path().join("up")).unwrap();
-        let cache = FileCache::new(CacheConfig {
-            max_bytes: 1 << 20,
-            max_item_bytes: 64 << 10,
-            policy: CachePolicyKind::S3Fifo,
-        });
-        HttpState::with_cache(
-            Arc::new(store),
-            crate::HttpLimits::default(),
-            Arc::new(|| serde_json::json!({})),
-            Some(Arc::new(cache)),
-        )
+        crate::test_state::cached_state(dir)
     }
 
     /// [`look_recent`] for a request arriving now.

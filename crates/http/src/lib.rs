@@ -40,6 +40,8 @@ mod serve;
 pub mod service_entry;
 mod state;
 mod temp_upload;
+#[cfg(test)]
+mod test_state;
 mod tracked_body;
 pub mod transfers;
 pub mod workers;

@@ -135,23 +135,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-
-    use ferry_files::{CacheConfig, CachePolicyKind, FileCache, FileStore};
 
     fn state(dir: &tempfile::TempDir) -> HttpState {
-        let store = FileStore::open(&dir.path().join("root"), &dir.path().join("up")).unwrap();
-        let cache = FileCache::new(CacheConfig {
-            max_bytes: 1 << 20,
-            max_item_bytes: 64 << 10,
-            policy: CachePolicyKind::S3Fifo,
-        });
-        HttpState::with_cache(
-            Arc::new(store),
-            crate::HttpLimits::default(),
-            Arc::new(|| serde_json::json!({})),
-            Some(Arc::new(cache)),
-        )
+        crate::test_state::cached_state(dir)
     }
 
     async fn lane(state: &HttpState, input: &[u8]) -> (LaneEnd, BytesMut, Vec<u8>) {
