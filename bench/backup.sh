@@ -211,7 +211,6 @@ SERVER_PID=$(<"$DATA/ferry.pid")
 ADDR=$(listen_addr "$DATA" transfer)
 [[ -n $ADDR ]] || die "no transfer address in $DATA/listen.json"
 echo "  server     $ADDR"
-echo "  load avg   $(cut -d' ' -f1-3 /proc/loadavg) (start)"
 ((ROUNDS % 3 == 0)) || note "ROUNDS=$ROUNDS is not a multiple of 3: the variants do not run in each position equally often"
 echo
 
