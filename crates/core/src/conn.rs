@@ -5,23 +5,15 @@
 //! yet written. Both can be taken out with [`Conn::into_parts`] at any safe
 //! point, which is what lets a session pause, travel to a new process, and
 //! resume without losing or repeating a byte.
-//!
-//! Output is either bytes in memory or a range of a file, which goes out
-//! with `sendfile(2)` straight from the page cache: a file the server has
-//! just written is sent on without being copied through user space again.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Smallest and largest room made in the read buffer for one read. The
@@ -34,52 +26,6 @@ const READ_MIN: usize = 16 * 1024;
 const READ_MAX: usize = 1024 * 1024;
 /// Most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
-/// Most bytes of a queued file range read back into memory at once when a
-/// connection is taken apart (the range is split into reads this large).
-const FILE_READ_MAX: usize = 1024 * 1024;
-
-/// One piece of queued output.
-#[derive(Debug)]
-enum Out {
-    Bytes(Bytes),
-    /// `len` bytes of `file` from `offset`, sent with `sendfile(2)`. The
-    /// queuer promises that the range does not change until it is sent.
-    File {
-        file: Arc<File>,
-        offset: u64,
-        len: usize,
-    },
-}
-
-impl Out {
-    fn len(&self) -> usize {
-        match self {
-            Out::Bytes(b) => b.len(),
-            Out::File { len, .. } => *len,
-        }
-    }
-
-    /// Drops the first `n` bytes (`n` < `len()`).
-    fn advance(&mut self, n: usize) {
-        debug_assert!(n < self.len());
-        match self {
-            Out::Bytes(b) => b.advance(n),
-            Out::File { offset, len, .. } => {
-                *offset += n as u64;
-                *len -= n;
-            }
-        }
-    }
-
-    /// Keeps the first `n` bytes (`n` < `len()`).
-    fn truncate(&mut self, n: usize) {
-        debug_assert!(n < self.len());
-        match self {
-            Out::Bytes(b) => b.truncate(n),
-            Out::File { len, .. } => *len = n,
-        }
-    }
-}
 
 /// A client connection: socket, read buffer, output queue.
 #[derive(Debug)]
@@ -88,7 +34,7 @@ pub struct Conn {
     read_buf: BytesMut,
     /// Room made for the next read (between READ_MIN and READ_MAX).
     read_room: usize,
-    out: VecDeque<Out>,
+    out: VecDeque<Bytes>,
     out_len: usize,
     /// Hard bound on buffered input; the protocol layer rejects oversized
     /// frames long before this, so hitting it means a bug or an attack.
@@ -165,46 +111,13 @@ impl Conn {
     }
 
     /// Takes the connection apart. Output still queued is returned, not
-    /// written: the caller decides whether to flush it first. Queued file
-    /// ranges are read back into memory here (a blocking read of at most
-    /// what is queued); a session that queues them should call
-    /// [`Conn::inline_files`] before it pauses, so a read error can fail the
-    /// session. One that fails here ends the returned output before that
-    /// range, so the peer sees a truncated stream rather than wrong bytes.
-    pub fn into_parts(mut self) -> ConnParts {
-        if let Err(e) = self.inline_files() {
-            tracing::warn!("cannot read queued file output back for a handover: {e}");
-            let sendable = self.out.iter().take_while(|o| matches!(o, Out::Bytes(_))).count();
-            self.out.truncate(sendable);
-        }
+    /// written: the caller decides whether to flush it first.
+    pub fn into_parts(self) -> ConnParts {
         let mut pending_out = Vec::with_capacity(self.out_len);
         for chunk in &self.out {
-            if let Out::Bytes(b) = chunk {
-                pending_out.extend_from_slice(b);
-            }
+            pending_out.extend_from_slice(chunk);
         }
         ConnParts { stream: self.stream, read_buf: self.read_buf.to_vec(), pending_out }
-    }
-
-    /// Replaces every queued file range by its bytes, read now: what a
-    /// session does before it pauses, since a handover carries bytes only.
-    /// On an error nothing is replaced after the range that failed.
-    pub fn inline_files(&mut self) -> io::Result<()> {
-        for out in self.out.iter_mut() {
-            if let Out::File { file, offset, len } = out {
-                let mut bytes = BytesMut::with_capacity(*len);
-                let mut at = *offset;
-                while bytes.len() < *len {
-                    let step = (*len - bytes.len()).min(FILE_READ_MAX);
-                    let start = bytes.len();
-                    bytes.resize(start + step, 0);
-                    file.read_exact_at(&mut bytes[start..], at)?;
-                    at += step as u64;
-                }
-                *out = Out::Bytes(bytes.freeze());
-            }
-        }
-        Ok(())
     }
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
@@ -278,8 +191,25 @@ impl Conn {
     fn poll_pump(&mut self, cx: &mut Context<'_>, to: &mut ReadTo<'_>) -> Poll<io::Result<IoEvent>> {
         let mut event = IoEvent::default();
         if self.out_len > 0 {
-            match self.poll_write_out(cx) {
-                Poll::Ready(Ok(n)) => event.wrote = n,
+            // One chunk (a request–reply session's usual case) goes out with
+            // a plain `write`, without building the iovec array: the
+            // kernel's single-buffer path is also shorter than importing a
+            // one-element iovec.
+            let written = match self.out.as_slices() {
+                ([one], []) | ([], [one]) => Pin::new(&mut self.stream).poll_write(cx, one),
+                _ => {
+                    let (slices, count) = out_slices(&self.out);
+                    Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count])
+                }
+            };
+            match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.advance_out(n);
+                    event.wrote = n;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
@@ -316,46 +246,11 @@ impl Conn {
         if event.read.is_some() || event.wrote > 0 { Poll::Ready(Ok(event)) } else { Poll::Pending }
     }
 
-    /// One write of the front of the queued output (which must not be
-    /// empty): the leading byte chunks in one vectored write, or a file
-    /// range with `sendfile(2)`. Advances the queue by what was written.
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        debug_assert!(self.out_len > 0);
-        let written = match self.out.front() {
-            Some(Out::File { file, offset, len }) => poll_send_file(&self.stream, cx, file, *offset, *len),
-            _ => match self.out.as_slices() {
-                // One chunk (a request–reply session's usual case) goes out
-                // with a plain `write`, without building the iovec array:
-                // the kernel's single-buffer path is also shorter than
-                // importing a one-element iovec.
-                ([Out::Bytes(one)], []) | ([], [Out::Bytes(one)]) => Pin::new(&mut self.stream).poll_write(cx, one),
-                _ => {
-                    let (slices, count) = out_slices(&self.out);
-                    Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count])
-                }
-            },
-        };
-        match ready!(written) {
-            Ok(0) => Poll::Ready(Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"))),
-            Ok(n) => {
-                self.advance_out(n);
-                Poll::Ready(Ok(n))
-            }
-            Err(e) => Poll::Ready(Err(e)),
-        }
-    }
-
-    /// One non-blocking write of queued output; `None` if the socket would
-    /// block.
+    /// One non-blocking vectored write of queued output; `None` if the
+    /// socket would block.
     fn try_write_queued(&mut self) -> io::Result<Option<usize>> {
-        let written = match self.out.front() {
-            Some(Out::File { file, offset, len }) => try_send_file(&self.stream, file, *offset, *len),
-            _ => {
-                let (slices, count) = out_slices(&self.out);
-                self.stream.try_write_vectored(&slices[..count])
-            }
-        };
-        match written {
+        let (slices, count) = out_slices(&self.out);
+        match self.stream.try_write_vectored(&slices[..count]) {
             Ok(0) => Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
             Ok(n) => {
                 self.advance_out(n);
@@ -394,21 +289,7 @@ impl Conn {
             return;
         }
         self.out_len += bytes.len();
-        self.out.push_back(Out::Bytes(bytes));
-    }
-
-    /// Appends `len` bytes of `file` from `offset` to the output queue, to
-    /// be sent with `sendfile(2)` from the page cache without a copy in
-    /// user space. The range must hold those bytes and keep them until
-    /// they are written (the file is read when the socket takes them, or
-    /// by [`Conn::inline_files`]); a range past the end of the file fails
-    /// the write that reaches it.
-    pub fn queue_file(&mut self, file: Arc<File>, offset: u64, len: usize) {
-        if len == 0 {
-            return;
-        }
-        self.out_len += len;
-        self.out.push_back(Out::File { file, offset, len });
+        self.out.push_back(bytes);
     }
 
     /// Takes back the last `n` queued bytes, which must not have been
@@ -420,12 +301,11 @@ impl Conn {
         self.out_len -= n;
         while n > 0 {
             let Some(back) = self.out.back_mut() else { break };
-            let len = back.len();
-            if len <= n {
-                n -= len;
+            if back.len() <= n {
+                n -= back.len();
                 self.out.pop_back();
             } else {
-                back.truncate(len - n);
+                back.truncate(back.len() - n);
                 n = 0;
             }
         }
@@ -446,7 +326,13 @@ impl Conn {
         if self.out_len == 0 {
             return Ok(0);
         }
-        std::future::poll_fn(|cx| self.poll_write_out(cx)).await
+        let (slices, count) = out_slices(&self.out);
+        let n = self.stream.write_vectored(&slices[..count]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes"));
+        }
+        self.advance_out(n);
+        Ok(n)
     }
 
     /// Writes everything queued.
@@ -474,9 +360,8 @@ impl Conn {
         self.out_len -= n;
         while n > 0 {
             let Some(front) = self.out.front_mut() else { break };
-            let len = front.len();
-            if len <= n {
-                n -= len;
+            if front.len() <= n {
+                n -= front.len();
                 self.out.pop_front();
             } else {
                 front.advance(n);
@@ -492,51 +377,17 @@ impl Conn {
     }
 }
 
-/// The leading byte chunks of an output queue (at most [`MAX_IOVECS`], up
-/// to the first file range) as slices for one vectored write, and how many
-/// there are. On the stack: this runs once per reply on busy connections.
-fn out_slices(out: &VecDeque<Out>) -> ([IoSlice<'_>; MAX_IOVECS], usize) {
+/// The first [`MAX_IOVECS`] chunks of an output queue as slices for one
+/// vectored write, and how many there are. On the stack: this runs once per
+/// reply on busy connections.
+fn out_slices(out: &VecDeque<Bytes>) -> ([IoSlice<'_>; MAX_IOVECS], usize) {
     let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
     let mut count = 0;
     for (slot, chunk) in slices.iter_mut().zip(out.iter()) {
-        let Out::Bytes(chunk) = chunk else { break };
         *slot = IoSlice::new(chunk);
         count += 1;
     }
     (slices, count)
-}
-
-/// `sendfile(2)` of up to `len` bytes of `file` from `offset` to the
-/// socket, once it is writable.
-fn poll_send_file(
-    stream: &TcpStream,
-    cx: &mut Context<'_>,
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(stream.poll_write_ready(cx))?;
-        match try_send_file(stream, file, offset, len) {
-            // `try_io` cleared the readiness: the next poll registers.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            done => return Poll::Ready(done),
-        }
-    }
-}
-
-/// One non-blocking `sendfile(2)`; `WouldBlock` if the socket is full. A
-/// range past the end of the file (sendfile returns 0) is an error, not a
-/// write of nothing.
-fn try_send_file(stream: &TcpStream, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-    let mut at = i64::try_from(offset).map_err(|_| io::Error::other("file offset out of range"))?;
-    let n = stream.try_io(Interest::WRITABLE, || {
-        nix::sys::sendfile::sendfile64(stream.as_fd(), file.as_fd(), Some(&mut at), len).map_err(io::Error::from)
-    })?;
-    if n == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "queued file range is past the end of the file"));
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -665,60 +516,6 @@ mod tests {
         }
         assert_eq!(&conn.read_buf()[..], b"NEXT");
         drop(writer.await.unwrap());
-    }
-
-    fn file_with(contents: &[u8]) -> Arc<File> {
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, contents).unwrap();
-        Arc::new(file)
-    }
-
-    /// Bytes, a file range larger than the socket takes at once, bytes: the
-    /// peer reads them in order, and the range's own bytes only.
-    #[tokio::test]
-    async fn file_ranges_go_out_between_queued_bytes() {
-        let (mut client, server) = pair().await;
-        let mut conn = Conn::new(server, 1 << 20);
-        let contents: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-        let file = file_with(&contents);
-        conn.queue(Bytes::from_static(b"head"));
-        conn.queue_file(file.clone(), 1000, 2_500_000);
-        conn.queue(Bytes::from_static(b"tail"));
-        assert_eq!(conn.pending_out(), 2_500_008);
-        let reader = tokio::spawn(async move {
-            let mut got = vec![0u8; 2_500_008];
-            client.read_exact(&mut got).await.unwrap();
-            got
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(10), conn.flush()).await.unwrap().unwrap();
-        let got = reader.await.unwrap();
-        assert_eq!(&got[..4], b"head");
-        assert!(got[4..2_500_004] == contents[1000..2_501_000], "file range differs");
-        assert_eq!(&got[2_500_004..], b"tail");
-    }
-
-    #[tokio::test]
-    async fn a_file_range_past_the_end_fails_the_write() {
-        let (_client, server) = pair().await;
-        let mut conn = Conn::new(server, 1 << 20);
-        conn.queue_file(file_with(b"short"), 2, 10);
-        let err = conn.flush().await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-    }
-
-    /// A handover carries file ranges as their bytes; retract trims them.
-    #[tokio::test]
-    async fn parts_read_queued_file_ranges_back() {
-        let (_client, server) = pair().await;
-        let mut conn = Conn::new(server, 1 << 20);
-        let file = file_with(b"0123456789");
-        conn.queue(Bytes::from_static(b"<"));
-        conn.queue_file(file.clone(), 2, 6);
-        conn.queue(Bytes::from_static(b">"));
-        conn.queue_file(file, 0, 3);
-        conn.retract(2);
-        assert_eq!(conn.pending_out(), 9);
-        assert_eq!(conn.into_parts().pending_out, b"<234567>0");
     }
 
     #[tokio::test]

@@ -142,21 +142,21 @@ impl Frame {
     /// Encodes as (prefix, body): `prefix` holds the header and any fixed
     /// fields, `body` the bulk bytes, so DATA payloads are never copied.
     pub fn encode_parts(&self) -> (Bytes, Bytes) {
-        let (fixed, body): (&[u64], Bytes) = match self {
-            Frame::Error(s) | Frame::Info(s) => (&[], Bytes::copy_from_slice(s.as_bytes())),
-            Frame::Data { offset, data } => (&[*offset], data.clone()),
-            Frame::Ack(offset) => (&[*offset], Bytes::new()),
-            Frame::BackupInfo { transfer, info } => (&[*transfer], Bytes::copy_from_slice(info.as_bytes())),
-            Frame::BackupData { transfer, offset, data } => (&[*transfer, *offset], data.clone()),
+        let (fixed, body): (Vec<u64>, Bytes) = match self {
+            Frame::Error(s) | Frame::Info(s) => (vec![], Bytes::copy_from_slice(s.as_bytes())),
+            Frame::Data { offset, data } => (vec![*offset], data.clone()),
+            Frame::Ack(offset) => (vec![*offset], Bytes::new()),
+            Frame::BackupInfo { transfer, info } => (vec![*transfer], Bytes::copy_from_slice(info.as_bytes())),
+            Frame::BackupData { transfer, offset, data } => (vec![*transfer, *offset], data.clone()),
         };
-        (prefix(self.frame_type(), fixed, body.len()), body)
-    }
-
-    /// The prefix [`Frame::encode_parts`] gives a BACKUPDATA frame of `len`
-    /// payload bytes, for a payload sent from elsewhere (a file range
-    /// queued on the connection): the same bytes on the wire.
-    pub fn backup_data_prefix(transfer: u64, offset: u64, len: usize) -> Bytes {
-        prefix(FrameType::BackupData, &[transfer, offset], len)
+        let len = fixed.len() * 8 + body.len();
+        let mut prefix = BytesMut::with_capacity(HEADER_LEN + fixed.len() * 8);
+        prefix.put_u8(self.frame_type() as u8);
+        prefix.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+        for v in fixed {
+            prefix.put_u64(v);
+        }
+        (prefix.freeze(), body)
     }
 
     /// Encodes into one contiguous buffer (tests and small frames).
@@ -167,19 +167,6 @@ impl Frame {
         out.extend_from_slice(&body);
         out.freeze()
     }
-}
-
-/// A frame's header and fixed fields, for `body_len` bytes of body after
-/// them.
-fn prefix(ty: FrameType, fixed: &[u64], body_len: usize) -> Bytes {
-    let len = fixed.len() * 8 + body_len;
-    let mut prefix = BytesMut::with_capacity(HEADER_LEN + fixed.len() * 8);
-    prefix.put_u8(ty as u8);
-    prefix.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    for v in fixed {
-        prefix.put_u64(*v);
-    }
-    prefix.freeze()
 }
 
 #[cfg(test)]
@@ -202,14 +189,6 @@ mod tests {
         round_trip(Frame::Ack(u64::MAX));
         round_trip(Frame::BackupInfo { transfer: 9, info: "a 3".into() });
         round_trip(Frame::BackupData { transfer: 9, offset: 1, data: Bytes::from_static(b"z") });
-    }
-
-    #[test]
-    fn a_backup_data_prefix_is_the_encoded_frame_without_its_payload() {
-        let frame = Frame::BackupData { transfer: 0x0102, offset: 77, data: Bytes::from_static(b"payload") };
-        let mut sent = Frame::backup_data_prefix(0x0102, 77, 7).to_vec();
-        sent.extend_from_slice(b"payload");
-        assert_eq!(sent, frame.encode().to_vec());
     }
 
     #[test]

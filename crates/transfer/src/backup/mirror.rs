@@ -1,7 +1,6 @@
 //! One upload's mirroring to the nodes connected when it began: every
-//! batch the PUT has written goes to each node's queue, as a range of the
-//! upload file (the feed sends it from the page cache), and the commit
-//! closes the transfer on each.
+//! batch the PUT writes goes to each node's queue, and the commit closes
+//! the transfer on each.
 //!
 //! A node whose queue is full holds the upload back (the PUT reads no
 //! further frames until the node takes the batch), but for no longer than
@@ -10,10 +9,10 @@
 //! mirror before [`PutMirror::finish`] (the upload failed or paused) aborts
 //! the transfer on every node.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -24,9 +23,8 @@ use super::registry::Backups;
 struct Target {
     id: NodeId,
     queue: Arc<FeedQueue>,
-    /// Pieces `(offset, len)` of the current batch this node has not taken
-    /// yet.
-    pending: Option<Vec<(u64, usize)>>,
+    /// Pieces of the current batch this node has not taken yet.
+    pending: Option<Vec<(u64, Bytes)>>,
     /// Time this node held the upload back, before the current stall.
     waited: Duration,
     /// When the current stall began.
@@ -37,8 +35,6 @@ pub struct PutMirror {
     backups: Arc<Backups>,
     transfer: u64,
     name: String,
-    /// The upload file: what is offered is sent from it.
-    file: Arc<File>,
     /// Largest BACKUPDATA payload of file bytes.
     piece: usize,
     patience: Duration,
@@ -48,16 +44,10 @@ pub struct PutMirror {
 }
 
 impl PutMirror {
-    /// Starts mirroring `name`, received into `file` from byte 0, to every
-    /// connected node that has room for another live transfer; `None` if
-    /// there is none. `piece` bounds the bytes of one BACKUPDATA frame.
-    pub fn begin(
-        backups: &Arc<Backups>,
-        name: &str,
-        size: Option<u64>,
-        file: &Arc<File>,
-        piece: usize,
-    ) -> Option<PutMirror> {
+    /// Starts mirroring `name` to every connected node that has room for
+    /// another live transfer; `None` if there is none. `piece` bounds the
+    /// bytes of one BACKUPDATA frame.
+    pub fn begin(backups: &Arc<Backups>, name: &str, size: Option<u64>, piece: usize) -> Option<PutMirror> {
         assert!(piece > 0, "BACKUPDATA pieces must hold bytes");
         let transfer = backups.next_transfer();
         let targets: Vec<Target> = backups
@@ -79,7 +69,6 @@ impl PutMirror {
             backups: backups.clone(),
             transfer,
             name: name.to_string(),
-            file: file.clone(),
             piece,
             patience: Duration::from_millis(backups.config().timeout_ms),
             targets,
@@ -88,18 +77,20 @@ impl PutMirror {
         })
     }
 
-    /// Hands the `len` bytes just written at `offset` of the upload file
-    /// to every node. They must be in the file (written, not only about to
-    /// be) and stay as they are. Call only when not [`PutMirror::stalled`].
-    pub fn offer(&mut self, offset: u64, len: u64) {
+    /// Hands the batch written at `offset` to every node. Call only when
+    /// not [`PutMirror::stalled`].
+    pub fn offer(&mut self, offset: u64, batch: &[Bytes]) {
         debug_assert!(!self.stalled(), "a new batch while the last one is still pending");
         let mut pieces = Vec::new();
         let mut at = offset;
-        let end = offset + len;
-        while at < end {
-            let n = (end - at).min(self.piece as u64);
-            pieces.push((at, n as usize));
-            at += n;
+        for data in batch {
+            let mut start = 0;
+            while start < data.len() {
+                let end = (start + self.piece).min(data.len());
+                pieces.push((at + start as u64, data.slice(start..end)));
+                start = end;
+            }
+            at += data.len() as u64;
         }
         if pieces.is_empty() {
             return;
@@ -117,7 +108,7 @@ impl PutMirror {
         let transfer = self.transfer;
         self.targets.retain_mut(|t| {
             let Some(pieces) = &t.pending else { return true };
-            match t.queue.data(transfer, &self.file, pieces) {
+            match t.queue.data(transfer, pieces) {
                 Push::Queued => {
                     t.pending = None;
                     if let Some(since) = t.since.take() {
@@ -228,10 +219,6 @@ mod tests {
         (backups, c.queue, id)
     }
 
-    fn file() -> Arc<File> {
-        Arc::new(tempfile::tempfile().unwrap())
-    }
-
     fn drain(q: &FeedQueue) -> Vec<FeedItem> {
         std::iter::from_fn(|| q.pop()).collect()
     }
@@ -239,14 +226,16 @@ mod tests {
     #[tokio::test]
     async fn batches_are_split_into_pieces_and_committed() {
         let (backups, queue, id) = setup(1 << 20, 1000);
-        let mut m = PutMirror::begin(&backups, "f", Some(10), &file(), 4).unwrap();
-        m.offer(0, 10);
+        let mut m = PutMirror::begin(&backups, "f", Some(10), 4).unwrap();
+        m.offer(0, &[Bytes::from_static(b"0123456789")]);
         assert!(!m.stalled());
         assert_eq!(m.finish(10, "h", "e"), (vec![id], Duration::ZERO));
         let items = drain(&queue);
         let offsets: Vec<_> = items
             .iter()
-            .filter_map(|i| if let FeedItem::Data { offset, len, .. } = i { Some((*offset, *len)) } else { None })
+            .filter_map(
+                |i| if let FeedItem::Data { offset, data, .. } = i { Some((*offset, data.len())) } else { None },
+            )
             .collect();
         assert_eq!(offsets, [(0, 4), (4, 4), (8, 2)]);
         assert!(matches!(items.first(), Some(FeedItem::Begin { size: Some(10), .. })));
@@ -257,9 +246,9 @@ mod tests {
     async fn a_full_queue_stalls_then_the_node_is_dropped_after_the_timeout() {
         tokio::time::pause();
         let (backups, queue, id) = setup(1 << 20, 500);
-        let mut m = PutMirror::begin(&backups, "f", None, &file(), 1 << 20).unwrap();
-        m.offer(0, 1 << 20);
-        m.offer(1 << 20, 1 << 20);
+        let mut m = PutMirror::begin(&backups, "f", None, 1 << 20).unwrap();
+        m.offer(0, &[Bytes::from(vec![0u8; 1 << 20])]);
+        m.offer(1 << 20, &[Bytes::from(vec![0u8; 1 << 20])]);
         assert!(m.stalled(), "the second MiB does not fit");
         let deadline = m.deadline().unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -277,15 +266,16 @@ mod tests {
     async fn patience_is_counted_over_the_whole_upload() {
         tokio::time::pause();
         let (backups, queue, _) = setup(1 << 20, 500);
-        let mut m = PutMirror::begin(&backups, "f", None, &file(), 1 << 20).unwrap();
-        m.offer(0, 1 << 20);
-        m.offer(1 << 20, 1 << 20);
+        let mib = || Bytes::from(vec![0u8; 1 << 20]);
+        let mut m = PutMirror::begin(&backups, "f", None, 1 << 20).unwrap();
+        m.offer(0, &[mib()]);
+        m.offer(1 << 20, &[mib()]);
         tokio::time::sleep(Duration::from_millis(300)).await;
         drain(&queue);
         assert!(m.retry(), "taken after 300 ms");
         let waited = m.targets[0].waited;
         assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(310), "{waited:?}");
-        m.offer(2 << 20, 1 << 20);
+        m.offer(2 << 20, &[mib()]);
         assert!(m.stalled());
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(m.retry(), "550 ms in all is past the 500 ms timeout: dropped");
@@ -295,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_an_unfinished_mirror_aborts() {
         let (backups, queue, _) = setup(1 << 20, 1000);
-        let m = PutMirror::begin(&backups, "f", None, &file(), 16).unwrap();
+        let m = PutMirror::begin(&backups, "f", None, 16).unwrap();
         drop(m);
         assert!(matches!(drain(&queue)[..], [FeedItem::Begin { .. }, FeedItem::Abort { .. }]));
         assert_eq!(queue.load(), (0, 0));

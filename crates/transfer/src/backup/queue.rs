@@ -2,20 +2,17 @@
 //! drained by the node's feed session, bounded in bytes.
 //!
 //! A PUT never blocks on a push: a full queue answers [`Push::Full`] and
-//! the PUT decides how long to wait for room ([`super::mirror`]). Data
-//! items are ranges of the upload file the PUT has written: the feed sends
-//! them with `sendfile(2)` from the page cache, so mirroring copies nothing
-//! in user space and holds no upload memory while a node is behind (the
-//! PUT's receive buffers are free for reuse as soon as its write is done).
-//! Each connection gets a new queue, and
+//! the PUT decides how long to wait for room ([`super::mirror`]). Items are
+//! `Bytes` slices of the batches the PUT writes, so mirroring copies
+//! nothing until the socket write. Each connection gets a new queue, and
 //! closing it when the connection ends makes every later push answer
 //! [`Push::Closed`], so uploads that began on an old connection cannot
 //! leak into a new one.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::MAX_LIVE_TRANSFERS;
@@ -27,13 +24,12 @@ const ITEM_COST: u64 = 128;
 const MAX_CONTROL_ITEMS: usize = 4 * MAX_LIVE_TRANSFERS;
 
 /// What the feed session sends to its node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FeedItem {
     /// A live upload starts: BACKUPINFO.
     Begin { transfer: u64, name: String, size: Option<u64> },
-    /// Bytes of it, `len` at `offset` of the upload (and of `file`, which
-    /// holds them and does not change them): BACKUPDATA.
-    Data { transfer: u64, offset: u64, len: usize, file: Arc<File> },
+    /// Bytes of it: BACKUPDATA.
+    Data { transfer: u64, offset: u64, data: Bytes },
     /// The upload is stored: BACKUPDONE.
     Done { transfer: u64, name: String, size: u64, blake3: String, etag: String },
     /// The upload failed or this node was dropped from it: BACKUPABORT.
@@ -105,12 +101,11 @@ impl FeedQueue {
         self.control(FeedItem::Begin { transfer, name: name.to_string(), size }, true, false)
     }
 
-    /// Queues a batch, all of it or nothing: `(offset, len)` pieces of
-    /// `file`. An empty queue takes any batch, so one larger than the bound
-    /// still goes through. The bound counts the bytes although the queue
-    /// holds none of them: it is the node's lag an upload tolerates.
-    pub fn data(&self, transfer: u64, file: &Arc<File>, pieces: &[(u64, usize)]) -> Push {
-        let cost: u64 = pieces.iter().map(|(_, len)| *len as u64 + ITEM_COST).sum();
+    /// Queues a batch, all of it or nothing: `(offset, bytes)` pieces. An
+    /// empty queue takes any batch, so one larger than the bound still
+    /// goes through.
+    pub fn data(&self, transfer: u64, pieces: &[(u64, Bytes)]) -> Push {
+        let cost: u64 = pieces.iter().map(|(_, b)| b.len() as u64 + ITEM_COST).sum();
         {
             let mut q = self.lock();
             if q.closed {
@@ -121,8 +116,8 @@ impl FeedQueue {
                 return Push::Full;
             }
             q.cost += cost;
-            for &(offset, len) in pieces {
-                q.items.push_back(FeedItem::Data { transfer, offset, len, file: file.clone() });
+            for (offset, data) in pieces {
+                q.items.push_back(FeedItem::Data { transfer, offset: *offset, data: data.clone() });
             }
         }
         self.ready.notify_one();
@@ -146,7 +141,7 @@ impl FeedQueue {
         let mut q = self.lock();
         let item = q.items.pop_front()?;
         match &item {
-            FeedItem::Data { len, .. } => q.cost -= *len as u64 + ITEM_COST,
+            FeedItem::Data { data, .. } => q.cost -= data.len() as u64 + ITEM_COST,
             _ => q.control -= 1,
         }
         Some(item)
@@ -196,7 +191,8 @@ impl FeedQueue {
     /// Data bytes queued and live transfers open.
     pub fn load(&self) -> (u64, usize) {
         let q = self.lock();
-        let data = q.items.iter().map(|i| if let FeedItem::Data { len, .. } = i { *len as u64 } else { 0 }).sum();
+        let data =
+            q.items.iter().map(|i| if let FeedItem::Data { data, .. } = i { data.len() as u64 } else { 0 }).sum();
         (data, q.live)
     }
 }
@@ -205,30 +201,25 @@ impl FeedQueue {
 mod tests {
     use super::*;
 
-    fn piece(offset: u64, len: usize) -> (u64, usize) {
-        (offset, len)
-    }
-
-    fn file() -> Arc<File> {
-        Arc::new(tempfile::tempfile().unwrap())
+    fn piece(offset: u64, len: usize) -> (u64, Bytes) {
+        (offset, Bytes::from(vec![7u8; len]))
     }
 
     #[test]
     fn data_is_bounded_but_an_empty_queue_takes_any_batch() {
         let q = FeedQueue::new(1000);
-        let f = file();
         assert_eq!(q.begin(1, "a", None), Push::Queued);
-        assert_eq!(q.data(1, &f, &[piece(0, 5000)]), Push::Queued, "empty queue takes an oversized batch");
-        assert_eq!(q.data(1, &f, &[piece(5000, 1)]), Push::Full);
+        assert_eq!(q.data(1, &[piece(0, 5000)]), Push::Queued, "empty queue takes an oversized batch");
+        assert_eq!(q.data(1, &[piece(5000, 1)]), Push::Full);
         assert!(!q.take_room_signal(), "no room yet");
         assert!(matches!(q.pop(), Some(FeedItem::Begin { .. })));
         assert!(matches!(q.pop(), Some(FeedItem::Data { offset: 0, .. })));
         assert!(q.take_room_signal());
         assert!(!q.take_room_signal(), "signalled once");
-        assert_eq!(q.data(1, &f, &[piece(5000, 100), piece(5100, 100)]), Push::Queued);
+        assert_eq!(q.data(1, &[piece(5000, 100), piece(5100, 100)]), Push::Queued);
         assert_eq!(q.load(), (200, 1));
         // 2 × (100 + 128) queued; another 500 + 128 would pass 1000.
-        assert_eq!(q.data(1, &f, &[piece(5200, 500)]), Push::Full);
+        assert_eq!(q.data(1, &[piece(5200, 500)]), Push::Full);
         assert_eq!(q.done(1, "a", 5200, "h", "e"), Push::Queued, "control items are not held by data");
         assert_eq!(q.load(), (200, 0));
     }
@@ -237,8 +228,8 @@ mod tests {
     fn tiny_pieces_cost_their_overhead() {
         let q = FeedQueue::new(10 * ITEM_COST);
         let pieces: Vec<_> = (0..10).map(|i| piece(i, 1)).collect();
-        assert_eq!(q.data(1, &file(), &pieces), Push::Queued);
-        assert_eq!(q.data(1, &file(), &[piece(10, 1)]), Push::Full);
+        assert_eq!(q.data(1, &pieces), Push::Queued);
+        assert_eq!(q.data(1, &[piece(10, 1)]), Push::Full);
     }
 
     #[test]
@@ -258,8 +249,8 @@ mod tests {
         assert_eq!(q.begin(1, "a", Some(1)), Push::Queued);
         q.close();
         assert!(q.is_closed());
-        assert!(q.pop().is_none());
-        assert_eq!(q.data(1, &file(), &[piece(0, 1)]), Push::Closed);
+        assert_eq!(q.pop(), None);
+        assert_eq!(q.data(1, &[piece(0, 1)]), Push::Closed);
         assert_eq!(q.done(1, "a", 1, "h", "e"), Push::Closed);
         assert_eq!(q.load(), (0, 0));
     }

@@ -157,13 +157,6 @@ impl Feed {
         let mut next_rescan = Instant::now() + rescan_every;
         loop {
             if let Some(reason) = ctx.pause.requested() {
-                // A handover carries bytes: live data still queued as file
-                // ranges is read back now (at most the output high water).
-                if let Err(e) = conn.inline_files() {
-                    // The node reconnects and catches up from a comparison.
-                    tracing::warn!(node = %self.id, "cannot read queued backup data for a pause: {e}");
-                    return Step::Close;
-                }
                 self.snapshot(st);
                 return park_transfer(conn, Phase::Backup(st.clone()), reason);
             }
@@ -241,11 +234,8 @@ impl Feed {
                 FeedItem::Begin { transfer, name, size } => {
                     queue_frame(conn, &Frame::BackupInfo { transfer, info: info_text(&name, size) });
                 }
-                FeedItem::Data { transfer, offset, len, file } => {
-                    // The payload goes with sendfile(2) from the upload
-                    // file's page cache: no copy in user space.
-                    conn.queue(Frame::backup_data_prefix(transfer, offset, len));
-                    conn.queue_file(file, offset, len);
+                FeedItem::Data { transfer, offset, data } => {
+                    queue_frame(conn, &Frame::BackupData { transfer, offset, data });
                 }
                 FeedItem::Done { transfer, name, size, blake3, etag } => {
                     if let Some((current, superseded)) = &mut self.current

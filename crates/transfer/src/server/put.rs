@@ -115,13 +115,12 @@ pub(super) async fn start(
         written: durable,
         hash: hash.checkpoint(),
     };
-    let file = Arc::new(file);
     let mirror = if durable == 0 {
-        PutMirror::begin(&svc.backups, name.as_str(), size, &file, svc.config.chunk_bytes as usize)
+        PutMirror::begin(&svc.backups, name.as_str(), size, svc.config.chunk_bytes as usize)
     } else {
         None
     };
-    let upload = OpenUpload { file, hash, mirror, _lease: lease };
+    let upload = OpenUpload { file: Arc::new(file), hash, mirror, _lease: lease };
     Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(upload))))
 }
 
@@ -171,9 +170,9 @@ pub(super) async fn run(
         // while a batch is being written or a node holds the next one back:
         // the buffer then holds at most one partial frame when it must grow,
         // and growing copies only that (its allocation cannot be reused in
-        // place while the write still holds the frames split off it). What
-        // is gathered beyond one batch waits in `next`, which the read high
-        // water bounds together with the buffer.
+        // place while the write or a node's queue still holds the frames
+        // split off it). What is gathered beyond one batch waits in `next`,
+        // which the read high water bounds together with the buffer.
         if stash.is_none()
             && let Err(refused) = next.gather(conn, max_frame, limit, &mut stash)
         {
@@ -183,8 +182,8 @@ pub(super) async fn run(
                 Refused::Data(code, msg) => fail(conn, code, &msg),
             };
         }
-        // A backup node that has not taken the last batch written holds
-        // back the next write (for at most backup.timeout_ms in all).
+        // A backup node that has not taken the last batch holds back the
+        // next one (for at most backup.timeout_ms in all).
         let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
         if writing.is_none()
             && let Some(reason) = ctx.pause.requested()
@@ -216,6 +215,9 @@ pub(super) async fn run(
             let queued: u64 = next.batch.iter().map(|b| b.len() as u64).sum();
             let taken: u64 = batch.iter().map(|b| b.len() as u64).sum();
             assert_eq!(at + taken + queued, next.end, "batch not contiguous");
+            if let Some(m) = mirror.as_mut() {
+                m.offer(at, &batch);
+            }
             let file = file.clone();
             writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, at, batch, hasher)));
             continue;
@@ -267,12 +269,6 @@ pub(super) async fn run(
                 writing = None;
                 match done {
                     Ok(Ok((hasher, n))) => {
-                        // The nodes get the batch once it is in the file:
-                        // their feeds send it from there (the page cache),
-                        // and the frames' memory is free for the next reads.
-                        if let Some(m) = mirror.as_mut() {
-                            m.offer(st.written, n);
-                        }
                         st.written += n;
                         hash = Some(hasher);
                         ctx.registry.add_received(n);
