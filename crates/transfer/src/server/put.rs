@@ -186,11 +186,12 @@ async fn receive(
     loop {
         // Every complete frame is split off the read buffer at once, even
         // while a batch is being written or a node holds the next one back:
-        // the buffer then holds at most one partial frame when it must grow,
-        // and growing copies only that (its allocation cannot be reused in
-        // place while the write or a node's queue still holds the frames
-        // split off it). What is gathered beyond one batch waits in `next`,
-        // which the read high water bounds together with the buffer.
+        // the buffer then holds at most one partial frame when it is
+        // swapped for a pool block, and the swap copies only that (its
+        // allocation cannot be reused in place while the write or a node's
+        // queue still holds the frames split off it). What is gathered
+        // beyond one batch waits in `next`, which the read high water bounds
+        // together with the buffer.
         if stash.is_none()
             && let Err(refused) = next.gather(conn, max_frame, limit, &mut stash)
         {
