@@ -2,7 +2,7 @@
 # Backup benchmark: PUT throughput with 0, 1 and 2 backup nodes, measured in
 # one run and reported as ratios to the PUT with no backup node.
 #
-#   bench/backup.sh            1 GiB file, 3 rounds (plus an untimed warm-up round)
+#   bench/backup.sh            1 GiB file, 6 rounds (plus an untimed warm-up round)
 #   bench/backup.sh --quick    64 MiB, 1 round (smoke check)
 #
 # One `ferry serve` (default config: backup.ack = "all", so STORED waits
@@ -18,12 +18,18 @@
 #   3. (untimed) compares the server's copy and every node's copy with the
 #      input (cmp), stops the nodes by pid, deletes every copy.
 # Every round runs 0, 1 and 2 nodes once; the order rotates from round to
-# round. CPU time per step is read from /proc for the client (reaped
-# children of this shell), the server and the nodes.
+# round, so with a multiple of 3 rounds each variant runs first, second and
+# third equally often. Every timed step starts from the same state: the
+# previous step's copies deleted, `sync` done (its writeback and the
+# deletes on disk), the kernel's dirty and writeback pages drained (polled,
+# at most 30 s), and the input read once more so the client reads it from
+# the page cache. CPU time per step is read from /proc for the client
+# (reaped children of this shell), the server and the nodes; it depends
+# far less on other load than the wall time does.
 #
 # Environment:
 #   SIZE       bytes to upload, IEC suffixes allowed (default 1G; --quick 64M)
-#   ROUNDS     rounds (default 3; --quick 1)
+#   ROUNDS     rounds (default 6; --quick 1)
 #   BENCH_DIR  where the scratch directory is created (default ${TMPDIR:-/tmp})
 set -euo pipefail
 export LC_ALL=C
@@ -44,7 +50,7 @@ done
 if ((QUICK)); then
     SIZE=${SIZE:-64M} ROUNDS=${ROUNDS:-1}
 else
-    SIZE=${SIZE:-1G} ROUNDS=${ROUNDS:-3}
+    SIZE=${SIZE:-1G} ROUNDS=${ROUNDS:-6}
 fi
 need_tools cargo cmp sync head awk sed grep sort numfmt df getconf git nproc uname
 ((BASH_VERSINFO[0] >= 5)) || die "needs bash 5 (EPOCHREALTIME)"
@@ -122,7 +128,29 @@ start_nodes() {
 
 same() { cmp -s "$IN" "$1" || die "$2: $1 differs from the input"; }
 
-declare -A T CU CS SU SS NU NS
+# KiB of dirty and writeback pages, machine-wide.
+unwritten_kib() { awk '/^(Dirty|Writeback):/ { s += $2 } END { print s + 0 }' /proc/meminfo; }
+
+# settle: the same starting point for every timed step. The previous
+# step's copies are gone; `sync` writes back what it left (and the
+# deletes); then wait, polling, until the machine's dirty and writeback
+# pages are down to 64 MiB (other writers may keep them up: 30 s at most,
+# then say so); then read the input so the client gets it from the cache.
+settle() {
+    local deadline=$((SECONDS + 30))
+    sync
+    until (($(unwritten_kib) <= 65536)); do
+        if ((SECONDS >= deadline)); then
+            note "dirty + writeback still $(($(unwritten_kib) / 1024)) MiB after 30 s (other writers?)"
+            break
+        fi
+        sync
+        sleep 0.1
+    done
+    cat "$IN" >/dev/null
+}
+
+declare -A T CU CS SU SS NU NS LOAD
 CONTENDERS=(0 1 2)
 
 # step K ROUND: one timed PUT with K nodes.
@@ -130,7 +158,8 @@ step() {
     local k=$1 r=$2 t0 t1 c0 c1 s0 s1 n0=() pid i nu=0 ns=0 name="put-$2-$1" a b
     stop_nodes
     start_nodes "$k"
-    sync
+    settle
+    LOAD[$k,$r]=$(cut -d' ' -f1 /proc/loadavg)
     read -ra c0 <<<"$(cpu_children $$)"
     read -ra s0 <<<"$(cpu_self "$SERVER_PID")"
     for pid in "${NODE_PIDS[@]}"; do n0+=("$(cpu_self "$pid")"); done
@@ -155,8 +184,8 @@ step() {
     SS[$k,$r]=$((s1[1] - s0[1]))
     NU[$k,$r]=$nu
     NS[$k,$r]=$ns
-    awk -v r="$r" -v k="$k" -v us="${T[$k,$r]}" -v b="$BYTES" \
-        'BEGIN { printf "%-8s %d nodes %8.3f s  %8.1f MiB/s\n", r ? "round " r : "warm-up", k, us / 1e6, b / 1048576 / (us / 1e6) }'
+    awk -v r="$r" -v k="$k" -v us="${T[$k,$r]}" -v b="$BYTES" -v l="${LOAD[$k,$r]}" \
+        'BEGIN { printf "%-8s %d nodes %8.3f s  %8.1f MiB/s  (load %s)\n", r ? "round " r : "warm-up", k, us / 1e6, b / 1048576 / (us / 1e6), l }'
     grep -q retrying "$WORK/client.log" && note "the PUT reconnected (see $WORK/client.log)"
     same "$FILES/$name" "server copy, round $r, $k nodes"
     for ((i = 1; i <= k; i++)); do
@@ -165,6 +194,7 @@ step() {
     stop_nodes
     rm -f "$FILES/$name"
     for ((i = 1; i <= 2; i++)); do rm -f "$WORK/node$i/$name"; done
+    sync
 }
 
 echo "ferry backup benchmark"
@@ -181,6 +211,7 @@ SERVER_PID=$(<"$DATA/ferry.pid")
 ADDR=$(listen_addr "$DATA" transfer)
 [[ -n $ADDR ]] || die "no transfer address in $DATA/listen.json"
 echo "  server     $ADDR"
+((ROUNDS % 3 == 0)) || note "ROUNDS=$ROUNDS is not a multiple of 3: the variants do not run in each position equally often"
 echo
 
 n=${#CONTENDERS[@]}
@@ -239,5 +270,25 @@ for k in "${CONTENDERS[@]}"; do
         awk -v t="$(series "$a" "$k" | median)" -v c="$TICK" 'BEGIN { printf " %.2f |", t / c }'
     done
     echo
+done
+echo
+
+echo "CPU seconds per PUT, all processes (client + server + nodes, user + sys): median, and what each node adds"
+echo
+echo "| nodes | median s | each round (s) | added per node (of medians) |"
+echo "|---|---:|---|---:|"
+declare -A ALL
+for k in "${CONTENDERS[@]}"; do
+    per=""
+    for ((r = 1; r <= ROUNDS; r++)); do
+        per+="$((CU[$k,$r] + CS[$k,$r] + SU[$k,$r] + SS[$k,$r] + NU[$k,$r] + NS[$k,$r])) "
+    done
+    ALL[$k]=$(median <<<"$per")
+    awk -v k="$k" -v m="${ALL[$k]}" -v z="${ALL[0]}" -v per="$per" -v c="$TICK" '
+        BEGIN {
+            n = split(per, a, " "); rs = ""
+            for (i = 1; i <= n; i++) rs = rs sprintf("%s%.2f", i > 1 ? " " : "", a[i] / c)
+            printf "| %d | %.2f | %s | %s |\n", k, m / c, rs, k ? sprintf("%.2f", (m - z) / c / k) : "-"
+        }'
 done
 stop_ferry "$DATA"

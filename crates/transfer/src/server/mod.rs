@@ -10,6 +10,7 @@ mod hashes;
 mod list;
 mod put;
 mod put_confirm;
+mod receive_blocks;
 mod session;
 mod state;
 mod upload_leases;
@@ -40,6 +41,8 @@ pub struct TransferService {
     uploads: Arc<upload_leases::UploadLeases>,
     backups: Arc<Backups>,
     config: TransferConfig,
+    /// Read buffers PUTs receive into and reuse.
+    receive_blocks: Arc<receive_blocks::ReceiveBlocks>,
     /// The file cache shared with HTTP, if the server runs one.
     cache: std::sync::OnceLock<Arc<FileCache>>,
 }
@@ -51,6 +54,10 @@ impl TransferService {
     }
 
     pub fn with_backup(store: Arc<FileStore>, config: TransferConfig, backup: BackupConfig) -> Arc<TransferService> {
+        // Frames a PUT may hold alive at once: a node's queue, the batch
+        // being written, and what is gathered and buffered behind it.
+        let held = backup.max_queue_bytes + 2 * put::read_high_water(config.max_frame_bytes) as u64;
+        let receive_blocks = receive_blocks::ReceiveBlocks::new(held);
         let backups = Backups::new(backup, config.max_list_entries);
         Arc::new(TransferService {
             store,
@@ -58,6 +65,7 @@ impl TransferService {
             uploads: Arc::default(),
             backups,
             config,
+            receive_blocks,
             cache: std::sync::OnceLock::new(),
         })
     }

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::TransferService;
 use super::get::{join, store_code};
+use super::receive_blocks::PutReads;
 use super::session::{Opened, Step, announce_resume, closed_by_peer, fail, frame_error, park_transfer};
 use super::state::{ConfirmState, Phase, PutState};
 use super::upload_leases::UploadLease;
@@ -124,14 +125,31 @@ pub(super) async fn start(
     Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(upload))))
 }
 
-/// Receives the rest of a PUT.
+/// Receives the rest of a PUT, into read buffers from the process's pool
+/// (see [`super::receive_blocks`]), which go back to the pool when it ends.
 pub(super) async fn run(
+    svc: &Arc<TransferService>,
+    conn: &mut Conn,
+    ctx: &mut SessionCtx,
+    st: PutState,
+    upload: Option<OpenUpload>,
+    resumed: bool,
+) -> Step {
+    let mut reads = PutReads::new(svc.receive_blocks.clone());
+    let step = receive(svc, conn, ctx, st, upload, resumed, &mut reads).await;
+    reads.give_back(conn);
+    tracing::debug!(stats = ?svc.receive_blocks.stats(), "PUT read blocks");
+    step
+}
+
+async fn receive(
     svc: &Arc<TransferService>,
     conn: &mut Conn,
     ctx: &mut SessionCtx,
     mut st: PutState,
     upload: Option<OpenUpload>,
     resumed: bool,
+    reads: &mut PutReads,
 ) -> Step {
     let Ok(name) = SafeName::parse(&st.name, svc.config.max_name_bytes) else {
         return fail(conn, ErrorCode::Internal, "parked PUT holds an invalid name");
@@ -168,11 +186,12 @@ pub(super) async fn run(
     loop {
         // Every complete frame is split off the read buffer at once, even
         // while a batch is being written or a node holds the next one back:
-        // the buffer then holds at most one partial frame when it must grow,
-        // and growing copies only that (its allocation cannot be reused in
-        // place while the write or a node's queue still holds the frames
-        // split off it). What is gathered beyond one batch waits in `next`,
-        // which the read high water bounds together with the buffer.
+        // the buffer then holds at most one partial frame when it is
+        // swapped for a pool block, and the swap copies only that (its
+        // allocation cannot be reused in place while the write or a node's
+        // queue still holds the frames split off it). What is gathered
+        // beyond one batch waits in `next`, which the read high water bounds
+        // together with the buffer.
         if stash.is_none()
             && let Err(refused) = next.gather(conn, max_frame, limit, &mut stash)
         {
@@ -250,6 +269,9 @@ pub(super) async fn run(
         }
         // Read more while a batch is being written, up to about one batch.
         let want_read = conn.read_buf().len() + next.bytes < read_high_water(max_frame);
+        if want_read {
+            reads.make_room(conn);
+        }
         let stalled = mirror.as_ref().is_some_and(PutMirror::stalled);
         let stall_deadline = mirror.as_ref().and_then(PutMirror::deadline);
         tokio::select! {
