@@ -292,7 +292,6 @@ pub struct WholeAnswer {
     pub body: Option<Bytes>,
 }
 
-/// Bytes `start..end` of a whole-file read, without a copy.
 /// Reads the whole of `name`, as `meta` saw it, for the cache; called on a miss
 /// only (a hit copies nothing). The buffer is made here, on the worker that
 /// will free it, and filled on the blocking pool ([`whole_buffer`] says why).
@@ -308,6 +307,7 @@ fn load_for_cache(
     }
 }
 
+/// Bytes `start..end` of a whole-file read, without a copy.
 fn slice(name: &SafeName, bytes: &Bytes, start: u64, end: u64) -> Result<Bytes, HttpError> {
     // The file fits memory, so both ends fit a usize.
     let (Ok(s), Ok(e)) = (usize::try_from(start), usize::try_from(end)) else {
