@@ -10,35 +10,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Fixture, pattern};
+use common::{Fixture, Server, pattern};
 use ferry_files::{CacheConfig, CachePolicyKind, FileCache};
 use ferry_http::HttpLimits;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    f: Fixture,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
 
 async fn start() -> Server {
     let cache =
         FileCache::new(CacheConfig { max_bytes: 8 << 20, max_item_bytes: 4 << 20, policy: CachePolicyKind::S3Fifo });
-    let f = Fixture::with_cache(HttpLimits::default(), Arc::new(|| json!({})), Some(Arc::new(cache)));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(ferry_http::serve(listener, f.state.clone(), async move {
-        let _ = rx.await;
-    }));
-    Server { f, addr, stop: Some(tx), task }
+    Server::start(Fixture::with_cache(HttpLimits::default(), Arc::new(|| json!({})), Some(Arc::new(cache)))).await
 }
 
 /// One answer read off a raw socket.
@@ -217,9 +201,9 @@ async fn a_drain_closes_an_idle_plain_connection_and_ends_the_server() {
     let mut c = TcpStream::connect(s.addr).await.unwrap();
     let mut p = Vec::new();
     assert_eq!(ask(&mut c, &mut p, "GET /files/f HTTP/1.1\r\nhost: x\r\n\r\n").await.body, b"data");
-    s.stop.take().unwrap().send(()).unwrap();
+    s.stop();
     let mut rest = Vec::new();
     let n = tokio::time::timeout(WAIT, c.read_to_end(&mut rest)).await.unwrap().unwrap();
     assert_eq!(n, 0, "closed without a byte");
-    tokio::time::timeout(WAIT, s.task).await.unwrap().unwrap().unwrap();
+    s.finished().await;
 }

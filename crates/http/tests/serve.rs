@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Fixture, eventually, pattern};
+use common::{Fixture, Server, eventually, pattern};
 use ferry_http::{HttpLimits, TransferKind};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -18,38 +18,12 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Server {
-    f: Fixture,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
 async fn start(limits: HttpLimits) -> Server {
-    let f = Fixture::with(limits, Arc::new(|| json!({"version": "test"})));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(ferry_http::serve(listener, f.state.clone(), async move {
-        let _ = rx.await;
-    }));
-    Server { f, addr, stop: Some(tx), task }
-}
-
-impl Server {
-    fn stop(&mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-    }
-
-    async fn finished(self) {
-        tokio::time::timeout(WAIT, self.task).await.expect("serve() did not return").unwrap().unwrap();
-    }
+    Server::start(Fixture::with(limits, Arc::new(|| json!({"version": "test"})))).await
 }
 
 async fn client(addr: SocketAddr) -> SendRequest<Full<Bytes>> {

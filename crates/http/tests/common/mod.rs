@@ -105,3 +105,38 @@ pub async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `ferry_http::serve` running on 127.0.0.1:0 over a fixture's state, until
+/// [`Server::stop`].
+pub struct Server {
+    pub f: Fixture,
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(f: Fixture) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ferry_http::serve(listener, f.state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Server { f, addr, stop: Some(tx), task }
+    }
+
+    /// Starts the drain, as a live upgrade does.
+    pub fn stop(&mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+    }
+
+    /// Waits (bounded) for `serve` to return, and checks it returned `Ok`.
+    pub async fn finished(self) {
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("serve() did not return")
+            .unwrap()
+            .unwrap();
+    }
+}
