@@ -66,6 +66,32 @@ struct WriteItem {
     digests: Option<Arc<ChunkDigests>>,
 }
 
+impl WriteItem {
+    /// A push of `file` (this version: `size`, `mtime_ns`, `md5`) from its first byte.
+    fn starting(
+        name: SafeName,
+        file: File,
+        size: u64,
+        mtime_ns: i64,
+        md5: Md5Sum,
+        digests: Option<Arc<ChunkDigests>>,
+    ) -> WriteItem {
+        WriteItem {
+            name,
+            file: Arc::new(file),
+            size,
+            mtime_ns,
+            md5,
+            sent: 0,
+            unanswered: None,
+            next: None,
+            reading: None,
+            finished_sent: false,
+            digests,
+        }
+    }
+}
+
 /// A file being relayed from another client's upload in progress.
 struct RelayItem {
     tap: RelayTap,
@@ -659,19 +685,7 @@ fn start(hub: &SyncHub, name: &SafeName) -> Started {
             }
         }
     };
-    Started::Write(WriteItem {
-        name: name.clone(),
-        file: Arc::new(file),
-        size: meta.len(),
-        mtime_ns: mtime,
-        md5,
-        sent: 0,
-        unanswered: None,
-        next: None,
-        reading: None,
-        finished_sent: false,
-        digests,
-    })
+    Started::Write(WriteItem::starting(name.clone(), file, meta.len(), mtime, md5, digests))
 }
 
 /// Opens the file a relay carried, once committed as `outcome` says, to push the rest of it from
@@ -684,19 +698,8 @@ fn open_committed(hub: &SyncHub, name: &SafeName, outcome: RelayOutcome) -> Opti
         return None;
     }
     let chunk_size = hub.limits().max_chunk_size;
-    Some(WriteItem {
-        name: name.clone(),
-        file: Arc::new(file),
-        size,
-        mtime_ns: mtime,
-        md5,
-        sent: 0,
-        unanswered: None,
-        next: None,
-        reading: None,
-        finished_sent: false,
-        digests: hub.digests(name, DigestedVersion { size, md5, chunk_size }),
-    })
+    let digests = hub.digests(name, DigestedVersion { size, md5, chunk_size });
+    Some(WriteItem::starting(name.clone(), file, size, mtime, md5, digests))
 }
 
 /// The client took the unanswered chunk: it counts as sent.
