@@ -23,13 +23,13 @@
 //! refuses writes; after the old store's [`Store::prepare_handover`] it takes over with
 //! [`Store::catch_up`], which replays only what was appended meanwhile (or everything again if the old
 //! process compacted in between: the snapshot id is the log's generation).
+mod entry;
 mod index;
 mod log;
 mod persist;
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -40,6 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use entry::Entry;
 use index::{Index, Key, KeyHasher};
 use log::{Meta, Op};
 use persist::LogCtl;
@@ -128,7 +129,7 @@ impl ItemView<'_> {
 
     /// The value as a `Bytes` that shares the item's memory (to copy a large value outside the lock).
     pub fn share_value(&self) -> Bytes {
-        self.entry.item().value
+        self.entry.share_value()
     }
 }
 
@@ -194,62 +195,6 @@ const TOUCHED: u8 = 1; // a live Touch record follows the item's Set record in t
 const FETCHED: u8 = 2;
 const REFERENCED: u8 = 4; // CLOCK bit (memory mode)
 const TOKEN_SENT: u8 = 8; // an mg won this item's recache token (memcached's ITEM_TOKEN_SENT)
-
-/// One item (48 bytes): `data` is the key followed by the value, in one allocation. Gets hand out the value
-/// as a `Bytes` that shares `data` (`Bytes::from_owner`: a small allocation per get, none per item). `tag` is
-/// the low half of the key's hash ([`Key::tag`]): the index compares and rehashes by it without reading `data`.
-struct Entry {
-    data: Arc<[u8]>,
-    cas: u64,
-    exptime: Cell<u64>,
-    time: u32,
-    flags: u32,
-    tag: u32,
-    key_len: u8,
-    bits: Cell<u8>,
-}
-
-const _: () = assert!(std::mem::size_of::<Entry>() == 48);
-
-impl Entry {
-    fn new(key: Key<'_>, value: &[&[u8]], flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
-        let mut v = Vec::with_capacity(key.bytes.len() + value.iter().map(|p| p.len()).sum::<usize>());
-        v.extend_from_slice(key.bytes);
-        for p in value {
-            v.extend_from_slice(p);
-        }
-        Entry::from_data(v.into(), key.bytes.len(), key.tag(), flags, exptime, cas, time)
-    }
-    /// An entry over `data`, which starts with a key of `key_len` bytes whose [`Key::tag`] is `tag`.
-    fn from_data(data: Arc<[u8]>, key_len: usize, tag: u32, flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
-        assert!(key_len <= MAX_KEY_LEN && key_len <= data.len(), "an entry's key is at most {MAX_KEY_LEN} bytes");
-        let time = u32::try_from(time).unwrap_or(u32::MAX);
-        let key_len = key_len as u8;
-        Entry { data, cas, exptime: Cell::new(exptime), time, flags, tag, key_len, bits: Cell::new(0) }
-    }
-    fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
-    }
-    fn value(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
-    }
-    fn has(&self, bit: u8) -> bool {
-        self.bits.get() & bit != 0
-    }
-    fn set_bit(&self, bit: u8, on: bool) {
-        let b = self.bits.get();
-        self.bits.set(if on { b | bit } else { b & !bit });
-    }
-    fn item(&self) -> Item {
-        Item {
-            flags: self.flags,
-            exptime: self.exptime.get(),
-            cas: self.cas,
-            value: Bytes::from_owner(Arc::clone(&self.data)).slice(self.key_len as usize..),
-            token_sent: self.has(TOKEN_SENT),
-        }
-    }
-}
 
 #[derive(Default)]
 struct Shard {
@@ -346,7 +291,7 @@ impl Inner {
     }
 
     fn charge_of(&self, e: &Entry) -> u64 {
-        self.charge(e.key_len as usize, e.value().len())
+        self.charge(usize::from(e.key_len), e.value().len())
     }
 
     /// Log bytes that `e` keeps live (its Set record and its latest Touch record).
@@ -354,7 +299,7 @@ impl Inner {
         if !self.persistent() {
             return 0;
         }
-        let k = e.key_len as usize;
+        let k = usize::from(e.key_len);
         log::record_len(k, e.value().len()) + if e.has(TOUCHED) { log::record_len(k, 0) } else { 0 }
     }
 
@@ -680,11 +625,11 @@ impl Store {
             (Mode::Cas(_), None) => return not(Outcome::NotFound),
             (Mode::Cas(c), Some(e)) if e.cas != c => return not(Outcome::Exists),
             (Mode::Append, Some(e)) => {
-                let (old, f, x) = (Arc::clone(&e.data), e.flags, e.exptime.get());
+                let (old, f, x) = (e.data.clone(), e.flags, e.exptime.get());
                 inner.write_item(shard, k, &[&old[key.len()..], &value], f, x, now)?
             }
             (Mode::Prepend, Some(e)) => {
-                let (old, f, x) = (Arc::clone(&e.data), e.flags, e.exptime.get());
+                let (old, f, x) = (e.data.clone(), e.flags, e.exptime.get());
                 inner.write_item(shard, k, &[&value, &old[key.len()..]], f, x, now)?
             }
             _ => inner.write_item(shard, k, &[&value], flags, exptime, now)?,

@@ -623,7 +623,7 @@ impl Inner {
                 self.sweep(shard, now);
                 let mut untouched = 0;
                 for e in shard.set.iter().filter(|e| e.cas <= cas_high) {
-                    batch.push((Arc::clone(&e.data), e.key_len as usize, e.flags, e.exptime.get(), e.cas, e.time));
+                    batch.push((e.data.clone(), e.key_len as usize, e.flags, e.exptime.get(), e.cas, e.time));
                     if e.has(TOUCHED) {
                         // Its Touch record is folded into the snapshot's Set.
                         e.set_bit(TOUCHED, false);
