@@ -91,11 +91,19 @@ impl Entry {
         for p in value {
             v.extend_from_slice(p);
         }
-        Entry::from_data(v, key.bytes.len(), key.tag(), flags, exptime, cas, time)
+        Entry::from_data(v.into_boxed_slice(), key.bytes.len(), key.tag(), flags, exptime, cas, time)
     }
 
     /// An entry over `data`, which starts with a key of `key_len` bytes whose [`Key::tag`] is `tag`.
-    pub fn from_data(data: Vec<u8>, key_len: usize, tag: u32, flags: u32, exptime: u64, cas: u64, time: u64) -> Entry {
+    pub fn from_data(
+        data: Box<[u8]>,
+        key_len: usize,
+        tag: u32,
+        flags: u32,
+        exptime: u64,
+        cas: u64,
+        time: u64,
+    ) -> Entry {
         assert!(key_len <= MAX_KEY_LEN && key_len <= data.len(), "an entry's key is at most {MAX_KEY_LEN} bytes");
         let head = Head {
             cas,
