@@ -35,9 +35,11 @@ use tokio::io::{AsyncWrite, DuplexStream, Interest};
 use tokio::net::TcpStream;
 
 /// Whole cached bodies from this size up are sent with `sendfile`; smaller
-/// ones are copied, which costs less than the second system call
-/// (docs/BENCHMARKS.md, "After ...: sendfile").
-pub const SENDFILE_FROM_BYTES: u64 = 16 << 10;
+/// ones are copied. Server CPU per request, `sendfile` against the copy, in
+/// the same rounds: about even at 16 and 24 KiB, 4 % more at 32 KiB, 6 %
+/// less at 48 KiB and 11 % less at 64 KiB (docs/BENCHMARKS.md): below this
+/// the copy costs less than the second system call and the splice.
+pub const SENDFILE_FROM_BYTES: u64 = 48 << 10;
 
 /// Most bytes one `sendfile` call is asked for: the kernel moves at most
 /// about 2 GiB per call anyway; the loop sends the rest.

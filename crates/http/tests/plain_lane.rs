@@ -2,7 +2,7 @@
 //! without hyper) against hyper itself, over real sockets: the same request
 //! gets the same bytes from both (but the date), whatever is not plain is
 //! still hyper's, and the guarantees of the file handler hold. Bodies from
-//! 16 KiB up leave by `sendfile` from the cache entry's open file; the bytes
+//! 48 KiB up leave by `sendfile` from the cache entry's open file; the bytes
 //! are the same.
 #![allow(clippy::unwrap_used)]
 
@@ -111,9 +111,9 @@ async fn plain_reads_get_the_bytes_hyper_would_send() {
     s.f.put("dir/b c.bin", &pattern(70_000));
     s.f.put("empty", b"");
     s.f.put("big", &pattern(2 << 20));
-    // Around the sendfile threshold (16 KiB), and up to the largest body
+    // Around the sendfile threshold (48 KiB), and up to the largest body
     // the lane answers (under 1 MiB).
-    for (name, len) in [("below", (16 << 10) - 1), ("at", 16 << 10), ("large", (1 << 20) - 1)] {
+    for (name, len) in [("below", (48 << 10) - 1), ("at", 48 << 10), ("large", (1 << 20) - 1)] {
         s.f.put(name, &pattern(len));
         let req = format!("GET /files/{name} HTTP/1.1\r\nhost: x\r\n\r\n");
         let answer = same_from_both(s.addr, &req).await;
@@ -145,7 +145,7 @@ async fn plain_reads_get_the_bytes_hyper_would_send() {
     let escape = same_from_both(s.addr, "GET /files/%2e%2e/x HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(escape.status(), "400");
     assert!(escape.body.len() < 200);
-    // The entries of 16 KiB up to the lane's largest body keep their files
+    // The entries of 48 KiB up to the lane's largest body keep their files
     // open: "at", "large" and "dir/b c.bin" (70,000 bytes); not "big".
     assert_eq!(s.f.state.cache().unwrap().open_files(), 3);
 }
