@@ -35,10 +35,11 @@ use tokio::io::{AsyncWrite, DuplexStream, Interest};
 use tokio::net::TcpStream;
 
 /// Whole cached bodies from this size up are sent with `sendfile`; smaller
-/// ones are copied. Server CPU per request, `sendfile` against the copy, in
-/// the same rounds: about even at 16 and 24 KiB, 4 % more at 32 KiB, 6 %
-/// less at 48 KiB and 11 % less at 64 KiB (docs/BENCHMARKS.md): below this
-/// the copy costs less than the second system call and the splice.
+/// ones are copied. Server CPU per request, `sendfile` against the copy in
+/// the same rounds (medians): even to 8 % more at 16 KiB, 2 % less at 24,
+/// 5 to 12 % more at 32, 8 % less at 48 and 7 to 12 % less at 64 KiB
+/// (docs/BENCHMARKS.md): below about 40 KiB the copy costs less than the
+/// second system call and the splice.
 pub const SENDFILE_FROM_BYTES: u64 = 48 << 10;
 
 /// Most bytes one `sendfile` call is asked for: the kernel moves at most
