@@ -31,7 +31,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 
-use tokio::io::{AsyncWrite, DuplexStream, Interest};
+#[cfg(test)]
+use tokio::io::DuplexStream;
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 /// Whole cached bodies from this size up are sent with `sendfile`; smaller
@@ -66,6 +68,7 @@ impl FileSocket for TcpStream {
 
 /// In-memory connections (the lane's unit tests) have no socket: their
 /// bodies are always copied.
+#[cfg(test)]
 impl FileSocket for DuplexStream {
     fn tcp(&self) -> Option<&TcpStream> {
         None
