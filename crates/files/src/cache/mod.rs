@@ -211,7 +211,7 @@ impl FileCache {
                     let Some(load) = load.take() else { return Err(io::Error::other("cache load already used")) };
                     let read = load().await.map(|loaded| {
                         let Loaded { bytes, file } = loaded.into();
-                        let file = self.insert_loaded(name, etag, bytes.clone(), file);
+                        let (_, file) = self.insert_with_file(name, etag, bytes.clone(), file);
                         CacheRead { bytes, hit: false, file }
                     });
                     leader.finish(read.as_ref().map(|r| &r.bytes));
@@ -229,39 +229,28 @@ impl FileCache {
     /// Caches `bytes` as `name` at version `etag`, replacing any other version,
     /// evicting as the policy decides. Returns whether it is now cached.
     pub fn insert(&self, name: &str, etag: &Etag, bytes: Bytes) -> bool {
-        let key = self.key(name);
-        let mut dropped = Dropped::new();
-        let cached = {
-            let mut inner = self.lock();
-            if let Some(old) = inner.remove(key, name) {
-                dropped.push(old);
-            }
-            let cached = self.admits(bytes.len() as u64) && inner.insert(key, name, etag, bytes, None, &mut dropped);
-            inner.check(self.max_open_files);
-            cached
-        };
-        drop(dropped);
-        cached
+        self.insert_with_file(name, etag, bytes, None).0
     }
 
-    /// [`FileCache::insert`] of a load's bytes and file; returns the file if
-    /// the entry keeps it (it is cached, and under the open-file bound).
-    fn insert_loaded(&self, name: &str, etag: &Etag, bytes: Bytes, file: Option<File>) -> Option<Arc<File>> {
+    /// [`FileCache::insert`] of a load's bytes and file: whether it is now
+    /// cached, and the file if the entry keeps it (under the open-file bound).
+    fn insert_with_file(&self, name: &str, etag: &Etag, bytes: Bytes, file: Option<File>) -> (bool, Option<Arc<File>>) {
         let key = self.key(name);
         let mut dropped = Dropped::new();
-        let kept = {
+        let outcome = {
             let mut inner = self.lock();
             if let Some(old) = inner.remove(key, name) {
                 dropped.push(old);
             }
+            // After the old version is gone, whose file no longer counts.
             let file = file.filter(|_| inner.open_files < self.max_open_files).map(Arc::new);
             let kept = file.clone();
             let cached = self.admits(bytes.len() as u64) && inner.insert(key, name, etag, bytes, file, &mut dropped);
             inner.check(self.max_open_files);
-            kept.filter(|_| cached)
+            (cached, kept.filter(|_| cached))
         };
         drop(dropped);
-        kept
+        outcome
     }
 
     /// Forgets `name` (it was written or deleted). Not counted as an eviction.
