@@ -18,7 +18,7 @@ pub mod store;
 pub mod upload;
 
 pub use atomic::{commit_file, fsync_dir, write_atomic};
-pub use cache::{CacheConfig, CacheEntryInfo, CachePolicyKind, CacheRead, CacheSnapshot, FileCache};
+pub use cache::{CacheConfig, CacheEntryInfo, CachePolicyKind, CacheRead, CacheSnapshot, FileCache, Loaded};
 pub use etag::Etag;
 pub use hash_cache::{HashCache, hash_file};
 pub use name::{DEFAULT_MAX_NAME_BYTES, MAX_COMPONENT_BYTES, NameError, RESERVED_PREFIX, SafeName};

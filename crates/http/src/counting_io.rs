@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::metrics::HttpMetrics;
+use crate::send_file::FileSocket;
 
 pub struct CountingIo<S> {
     inner: S,
@@ -29,6 +31,18 @@ impl<S> CountingIo<S> {
             self.moved.fetch_add(n, Ordering::Relaxed);
             self.metrics.record_io(sent as u64, received as u64);
         }
+    }
+}
+
+/// Bytes sent with `sendfile` are counted like written ones.
+impl<S: FileSocket> FileSocket for CountingIo<S> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        self.inner.tcp()
+    }
+
+    fn sent_past_writer(&self, n: u64) {
+        self.inner.sent_past_writer(n);
+        self.count(usize::try_from(n).unwrap_or(usize::MAX), 0);
     }
 }
 

@@ -39,6 +39,17 @@ pub fn load_whole(store: &FileStore, name: &SafeName, meta: &FileMeta) -> io::Re
 
 /// [`load_whole`] into `buf`, which the caller made with [`whole_buffer`].
 pub fn load_whole_into(store: &FileStore, name: &SafeName, meta: &FileMeta, buf: WholeBuffer) -> io::Result<Bytes> {
+    load_whole_keeping(store, name, meta, buf).map(|(bytes, _file)| bytes)
+}
+
+/// [`load_whole_into`], handing back the file the bytes were read from too,
+/// still open: it is that version's inode, checked unchanged after the read.
+pub fn load_whole_keeping(
+    store: &FileStore,
+    name: &SafeName,
+    meta: &FileMeta,
+    buf: WholeBuffer,
+) -> io::Result<(Bytes, File)> {
     if meta.size > MAX_WHOLE_FILE_BYTES {
         let msg = format!("{name} is {} bytes, over the whole-read bound of {MAX_WHOLE_FILE_BYTES}", meta.size);
         return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
@@ -62,7 +73,7 @@ pub fn load_whole_into(store: &FileStore, name: &SafeName, meta: &FileMeta, buf:
         WholeBuffer::Heap(vec) => Bytes::from(read_piece_into(&file, 0, len, vec)?),
     };
     ensure_unchanged(&file, &meta.etag)?;
-    Ok(bytes)
+    Ok((bytes, file))
 }
 
 /// What a whole file is read into: made by [`whole_buffer`] on the thread

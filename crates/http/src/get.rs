@@ -17,18 +17,19 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
-use ferry_files::{FileCache, FileMeta, SafeName};
+use ferry_files::{FileCache, FileMeta, Loaded, SafeName};
 use http_body_util::Full;
 
 use crate::blocking::run_blocking;
 use crate::conditional::{self, Verdict};
 use crate::error::HttpError;
-use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole, load_whole_into, whole_buffer};
+use crate::file_body::{MAX_WHOLE_FILE_BYTES, is_file_changed, load_whole, load_whole_keeping, whole_buffer};
 use crate::file_head::{FileHead, content_guards, header_value, validators};
 use crate::file_stream::FileStream;
 use crate::fresh_stat::{self, Arrival};
 use crate::path::name_from_path;
 use crate::range::RangeRequest;
+use crate::send_file::SENDFILE_FROM_BYTES;
 use crate::state::HttpState;
 use crate::tracked_body::TrackedBody;
 use crate::transfers::TransferKind;
@@ -269,7 +270,7 @@ pub async fn plain_whole(state: &HttpState, path: &str, head: bool) -> Option<Wh
         return None;
     }
     if head {
-        return Some(WholeAnswer { head: seen.head, body: None });
+        return Some(WholeAnswer { head: seen.head, body: None, file: None });
     }
     let cache = state.cache()?;
     if !cache.admits(seen.meta.size) {
@@ -283,27 +284,39 @@ pub async fn plain_whole(state: &HttpState, path: &str, head: bool) -> Option<Wh
         return None;
     }
     state.metrics().record_cache_read(read.hit);
-    Some(WholeAnswer { head: seen.head, body: Some(read.bytes) })
+    Some(WholeAnswer { head: seen.head, body: Some(read.bytes), file: read.file })
 }
 
 /// A 200 for the whole file: its header block and, unless for a HEAD, its bytes.
 pub struct WholeAnswer {
     pub head: Arc<FileHead>,
     pub body: Option<Bytes>,
+    /// The open file `body` was read from, which the cache entry keeps for
+    /// bodies of [`SENDFILE_FROM_BYTES`] or more: the same version (checked
+    /// by the cache's etag against this request's look), to be sent by
+    /// `sendfile` ([`crate::send_file`] says what that guarantees).
+    pub file: Option<Arc<File>>,
 }
 
 /// Reads the whole of `name`, as `meta` saw it, for the cache; called on a miss
 /// only (a hit copies nothing). The buffer is made here, on the worker that
 /// will free it, and filled on the blocking pool ([`whole_buffer`] says why).
+/// A file of [`SENDFILE_FROM_BYTES`] or more, but under the size listed as a
+/// transfer (which the plain lane leaves to hyper), stays open with its
+/// entry, for the plain lane to `sendfile` from.
 fn load_for_cache(
     state: &HttpState,
     name: &SafeName,
     meta: &FileMeta,
-) -> impl Future<Output = io::Result<Bytes>> + use<> {
+) -> impl Future<Output = io::Result<Loaded>> + use<> {
     let (store, n, m) = (state.store().clone(), name.clone(), meta.clone());
     let buf = whole_buffer(m.size);
+    let keep = (SENDFILE_FROM_BYTES..LISTED_DOWNLOAD_BYTES).contains(&m.size);
     async move {
-        run_blocking(move || load_whole_into(&store, &n, &m, buf)).await.map_err(|e| io::Error::other(e.to_string()))?
+        let (bytes, file) = run_blocking(move || load_whole_keeping(&store, &n, &m, buf))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))??;
+        Ok(Loaded { bytes, file: keep.then_some(file) })
     }
 }
 

@@ -36,6 +36,7 @@ pub mod range;
 mod resolved_names;
 mod rewind_io;
 mod router;
+mod send_file;
 mod serve;
 pub mod service_entry;
 mod state;

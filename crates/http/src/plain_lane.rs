@@ -11,7 +11,10 @@
 //! bytes. So every connection starts here: requests are read into the
 //! connection's own buffer and parsed with `httparse` (hyper's own parser);
 //! a request [`parse_plain`] recognizes and [`plain_whole`] can answer gets
-//! the bytes hyper would write for it, in one `writev`.
+//! the bytes hyper would write for it, in one `writev`, or, for a body of
+//! [`crate::send_file::SENDFILE_FROM_BYTES`] or more whose cache entry keeps
+//! its file open, the head with `MSG_MORE` and the body by `sendfile` from
+//! the page cache, without copying it ([`crate::send_file`]).
 //!
 //! Anything else — a request that is not plain, one whose answer is not a
 //! whole 200 from memory, a head that has not fully arrived — ends the
@@ -27,13 +30,14 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::date_line::extend_date_line;
 use crate::get::{WholeAnswer, plain_whole};
 use crate::plain_request::parse_plain;
+use crate::send_file::{FileSocket, send_head_and_file};
 use crate::state::HttpState;
 
 /// What the connection's read buffer holds at most: one read's worth. A
@@ -67,7 +71,7 @@ pub async fn serve_plain<S>(
     drain: &CancellationToken,
 ) -> io::Result<LaneEnd>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + FileSocket,
 {
     let max_head = state.limits().max_header_bytes.max(READ_BYTES);
     let mut out = Vec::with_capacity(HEAD_ROOM);
@@ -107,10 +111,11 @@ where
 }
 
 /// Writes the head and body of `answer` as hyper would: the header block,
-/// `connection: close` on the last answer, `date`, the blank line, the body.
+/// `connection: close` on the last answer, `date`, the blank line, the body
+/// (sent from the entry's open file if it has one and `io` is a socket).
 async fn write_answer<S>(io: &mut S, out: &mut Vec<u8>, answer: &WholeAnswer, last: bool) -> io::Result<()>
 where
-    S: AsyncWrite + Unpin,
+    S: FileSocket,
 {
     out.clear();
     out.extend_from_slice(&answer.head.whole_block);
@@ -120,6 +125,12 @@ where
     extend_date_line(out);
     out.extend_from_slice(b"\r\n");
     let body = answer.body.as_deref().unwrap_or_default();
+    if let Some(file) = &answer.file
+        && let Some(tcp) = io.tcp()
+    {
+        let io = &*io;
+        return send_head_and_file(tcp, out, file, body.len() as u64, |n| io.sent_past_writer(n)).await;
+    }
     let mut parts = [IoSlice::new(out), IoSlice::new(body)];
     let mut left = &mut parts[..];
     while !left.is_empty() {

@@ -1,7 +1,9 @@
 //! The plain lane (a connection's first phase, answering plain cached reads
 //! without hyper) against hyper itself, over real sockets: the same request
 //! gets the same bytes from both (but the date), whatever is not plain is
-//! still hyper's, and the guarantees of the file handler hold.
+//! still hyper's, and the guarantees of the file handler hold. Bodies from
+//! 48 KiB up leave by `sendfile` from the cache entry's open file; the bytes
+//! are the same.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -109,6 +111,15 @@ async fn plain_reads_get_the_bytes_hyper_would_send() {
     s.f.put("dir/b c.bin", &pattern(70_000));
     s.f.put("empty", b"");
     s.f.put("big", &pattern(2 << 20));
+    // Around the sendfile threshold (48 KiB), and up to the largest body
+    // the lane answers (under 1 MiB).
+    for (name, len) in [("below", (48 << 10) - 1), ("at", 48 << 10), ("large", (1 << 20) - 1)] {
+        s.f.put(name, &pattern(len));
+        let req = format!("GET /files/{name} HTTP/1.1\r\nhost: x\r\n\r\n");
+        let answer = same_from_both(s.addr, &req).await;
+        assert_eq!(answer.body, pattern(len), "{name}");
+        assert_eq!(same_from_both(s.addr, &req).await, answer, "{name}, a hit");
+    }
     for req in [
         "GET /files/a.html HTTP/1.1\r\nhost: x\r\n\r\n",
         "GET /files/a.html HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\nuser-agent: t\r\n\r\n",
@@ -134,6 +145,79 @@ async fn plain_reads_get_the_bytes_hyper_would_send() {
     let escape = same_from_both(s.addr, "GET /files/%2e%2e/x HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(escape.status(), "400");
     assert!(escape.body.len() < 200);
+    // The entries of 48 KiB up to the lane's largest body keep their files
+    // open: "at", "large" and "dir/b c.bin" (70,000 bytes); not "big".
+    assert_eq!(s.f.state.cache().unwrap().open_files(), 3);
+}
+
+/// Many answers sent by `sendfile` back to back on one connection, in one
+/// write and one at a time, mixed with copied ones: every byte in its place.
+#[tokio::test]
+async fn pipelined_sendfile_answers_keep_their_order_and_bytes() {
+    let s = start().await;
+    s.f.put("m", &pattern(64 << 10));
+    s.f.put("l", &pattern(900 << 10));
+    s.f.put("small", &pattern(100));
+    let (mut hyper, mut h) = hyper_connection(s.addr).await;
+    let mut expected = Vec::new();
+    for name in ["m", "l", "small"] {
+        expected.push(ask(&mut hyper, &mut h, &format!("GET /files/{name} HTTP/1.1\r\nhost: x\r\n\r\n")).await);
+    }
+    let order = ["m", "l", "m", "small", "l", "l", "m", "small", "m"];
+    let all: String = order.iter().map(|n| format!("GET /files/{n} HTTP/1.1\r\nhost: x\r\n\r\n")).collect();
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut p = Vec::new();
+    c.write_all(all.as_bytes()).await.unwrap();
+    for name in order {
+        let want = &expected[["m", "l", "small"].iter().position(|n| *n == name).unwrap()];
+        assert_eq!(&read_answer(&mut c, &mut p, false).await, want, "{name}");
+    }
+    let before = s.f.state.metrics().snapshot().sent_bytes;
+    for name in order {
+        let got = ask(&mut c, &mut p, &format!("GET /files/{name} HTTP/1.1\r\nhost: x\r\n\r\n")).await;
+        assert_eq!(
+            got.body.len(),
+            pattern(if name == "m" {
+                64 << 10
+            } else if name == "l" {
+                900 << 10
+            } else {
+                100
+            })
+            .len()
+        );
+    }
+    let sent = s.f.state.metrics().snapshot().sent_bytes - before;
+    let bodies: u64 = 4 * (64 << 10) + 3 * (900 << 10) + 2 * 100;
+    assert!(sent > bodies && sent < bodies + 9 * 400, "sendfile's bytes are counted: {sent}");
+    assert_eq!(s.f.state.cache().unwrap().open_files(), 2);
+}
+
+/// A file the cache keeps open is sent only while it is the version a look
+/// after the request's arrival sees: replaced by rename, rewritten in place,
+/// removed.
+#[tokio::test]
+async fn a_file_sent_from_its_open_descriptor_is_the_current_version() {
+    let s = start().await;
+    let len = 100 << 10;
+    let version = |seed: u8| -> Vec<u8> { pattern(len).iter().map(|b| b ^ seed).collect() };
+    s.f.put("f", &version(1));
+    let root = s.f.store.root().to_path_buf();
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let mut p = Vec::new();
+    let get = "GET /files/f HTTP/1.1\r\nhost: x\r\n\r\n";
+    assert_eq!(ask(&mut c, &mut p, get).await.body, version(1));
+    assert_eq!(ask(&mut c, &mut p, get).await.body, version(1), "a hit");
+    assert_eq!(s.f.state.cache().unwrap().open_files(), 1);
+    std::fs::write(root.join("f.new"), version(2)).unwrap();
+    std::fs::rename(root.join("f.new"), root.join("f")).unwrap();
+    assert_eq!(ask(&mut c, &mut p, get).await.body, version(2), "replaced: the new inode");
+    std::fs::write(root.join("f"), version(3)).unwrap();
+    assert_eq!(ask(&mut c, &mut p, get).await.body, version(3), "rewritten in place, same size");
+    assert_eq!(ask(&mut c, &mut p, get).await.body, version(3));
+    assert_eq!(s.f.state.cache().unwrap().open_files(), 1, "one version held at a time");
+    std::fs::remove_file(root.join("f")).unwrap();
+    assert_eq!(ask(&mut c, &mut p, get).await.status(), "404");
 }
 
 #[tokio::test]

@@ -6,11 +6,17 @@
 //! counters, single flight for concurrent misses, and the listing. The one
 //! lock is held only for map and policy updates: never across I/O or an
 //! await, and evicted contents are freed after it is released.
+//!
+//! An entry may also keep the open file its bytes were read from (see
+//! [`Loaded`]), so that a server can hand the kernel the file instead of
+//! copying the bytes into a socket. Those descriptors are bounded
+//! ([`open_files`]) and closed with their entry.
 
 pub mod config;
 pub mod fifo;
 pub mod key_queue;
 pub mod lru;
+pub mod open_files;
 pub mod policy;
 pub mod queue_policy;
 pub mod s3fifo;
@@ -21,6 +27,7 @@ pub mod stats;
 mod tests;
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,11 +44,39 @@ pub use snapshot::{CacheEntryInfo, CacheSnapshot};
 pub use stats::CacheStats;
 
 /// A file's contents from [`FileCache::get_or_load`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct CacheRead {
     pub bytes: Bytes,
     /// Served from memory, without waiting for any load.
     pub hit: bool,
+    /// The open file `bytes` were read from, if the entry keeps one (see
+    /// [`Loaded::file`]); `None` on a miss that waited for another caller's
+    /// load, and for files the cache does not admit.
+    pub file: Option<Arc<File>>,
+}
+
+/// What a load hands the cache: the file's bytes and, if the caller wants
+/// the entry to keep it, the file they were read from.
+///
+/// The file is kept open for as long as the entry is cached (dropping the
+/// entry, by eviction, invalidation or a newer version, closes it), so that
+/// the bytes can be sent from the page cache by `sendfile` rather than
+/// copied from `bytes`. An open descriptor keeps its inode: a file replaced
+/// by rename (every atomic writer, ferry's PUT among them) leaves it
+/// reading exactly the bytes loaded. A file written in place is another
+/// matter: the descriptor reads the new bytes. The cache cannot see that;
+/// its callers look at the file (a `stat` against the entry's etag) before
+/// every use, as they do for the bytes.
+#[derive(Debug)]
+pub struct Loaded {
+    pub bytes: Bytes,
+    pub file: Option<File>,
+}
+
+impl From<Bytes> for Loaded {
+    fn from(bytes: Bytes) -> Loaded {
+        Loaded { bytes, file: None }
+    }
 }
 
 /// The file cache; share it as `Arc<FileCache>`.
@@ -53,6 +88,8 @@ pub struct FileCache {
     hasher: RandomState,
     inner: Mutex<Inner>,
     flights: SingleFlight<(Arc<str>, Etag)>,
+    /// Bound on the entries that keep their file open ([`open_files`]).
+    max_open_files: usize,
 }
 
 #[derive(Debug)]
@@ -64,6 +101,8 @@ struct Inner {
     stats: CacheStats,
     /// Reused buffer for the keys one insert evicts.
     evicted: Vec<PolicyKey>,
+    /// Entries holding an open file; at most `FileCache::max_open_files`.
+    open_files: usize,
 }
 
 #[derive(Debug)]
@@ -71,6 +110,8 @@ struct Entry {
     name: Arc<str>,
     etag: Etag,
     bytes: Bytes,
+    /// The file `bytes` were read from, kept open ([`Loaded`]).
+    file: Option<Arc<File>>,
     hits: u64,
     cached_at: Instant,
 }
@@ -79,9 +120,23 @@ struct Entry {
 type Dropped = Vec<Entry>;
 
 impl FileCache {
+    /// A cache whose entries may keep up to [`open_files::open_file_bound`]
+    /// files open.
     pub fn new(config: CacheConfig) -> FileCache {
+        FileCache::with_open_files(config, open_files::open_file_bound())
+    }
+
+    /// A cache whose entries keep at most `max_open_files` files open; a
+    /// load's file beyond that is closed, and its entry keeps the bytes only.
+    pub fn with_open_files(config: CacheConfig, max_open_files: usize) -> FileCache {
         let inner = Inner::new(&config);
-        FileCache { config, hasher: RandomState::new(), inner: Mutex::new(inner), flights: SingleFlight::default() }
+        let (hasher, flights) = (RandomState::new(), SingleFlight::default());
+        FileCache { config, hasher, inner: Mutex::new(inner), flights, max_open_files }
+    }
+
+    /// Entries that keep their file open now.
+    pub fn open_files(&self) -> usize {
+        self.lock().open_files
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -102,12 +157,12 @@ impl FileCache {
         let mut inner = self.lock();
         let found = inner.lookup(key, name, etag, &mut dropped);
         match &found {
-            Some(bytes) => inner.stats.record_hit(bytes.len() as u64),
+            Some((bytes, _)) => inner.stats.record_hit(bytes.len() as u64),
             None => inner.stats.record_miss(etag.size_hint().unwrap_or(0)),
         }
         drop(inner);
         drop(dropped);
-        found
+        found.map(|(bytes, _)| bytes)
     }
 
     /// The contents of `name` at version `etag` (whose size is `size`): from
@@ -117,11 +172,13 @@ impl FileCache {
     /// for it and get its bytes (or a copy of its error). If that caller is
     /// cancelled or panics, a waiter loads instead. `load` should return a
     /// `Bytes` of exactly the file (not a slice of something larger, which
-    /// the cache would keep alive without counting it).
-    pub async fn get_or_load<F, Fut>(&self, name: &str, etag: &Etag, size: u64, load: F) -> io::Result<CacheRead>
+    /// the cache would keep alive without counting it), or a [`Loaded`]
+    /// with the file too, for the entry to keep.
+    pub async fn get_or_load<F, Fut, L>(&self, name: &str, etag: &Etag, size: u64, load: F) -> io::Result<CacheRead>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = io::Result<Bytes>>,
+        Fut: Future<Output = io::Result<L>>,
+        L: Into<Loaded>,
     {
         let key = self.key(name);
         {
@@ -129,15 +186,15 @@ impl FileCache {
             let mut inner = self.lock();
             let found = inner.lookup(key, name, etag, &mut dropped);
             match found {
-                Some(bytes) => {
+                Some((bytes, file)) => {
                     inner.stats.record_hit(bytes.len() as u64);
-                    return Ok(CacheRead { bytes, hit: true });
+                    return Ok(CacheRead { bytes, hit: true, file });
                 }
                 None => inner.stats.record_miss(size),
             }
         }
         if !self.admits(size) {
-            return Ok(CacheRead { bytes: load().await?, hit: false });
+            return Ok(CacheRead { bytes: load().await?.into().bytes, hit: false, file: None });
         }
         let flight_key: (Arc<str>, Etag) = (name.into(), etag.clone());
         let mut load = Some(load);
@@ -146,21 +203,22 @@ impl FileCache {
                 Join::Lead(leader) => {
                     // A previous leader may have finished between our miss
                     // and our joining: then there is nothing to load.
-                    if let Some(bytes) = self.peek(key, name, etag) {
-                        leader.finish(&Ok(bytes.clone()));
-                        return Ok(CacheRead { bytes, hit: false });
+                    if let Some((bytes, file)) = self.peek(key, name, etag) {
+                        leader.finish(Ok(&bytes));
+                        return Ok(CacheRead { bytes, hit: false, file });
                     }
                     // Only a leader calls `load`, and a leader returns below.
                     let Some(load) = load.take() else { return Err(io::Error::other("cache load already used")) };
-                    let outcome = load().await;
-                    if let Ok(bytes) = &outcome {
-                        self.insert(name, etag, bytes.clone());
-                    }
-                    leader.finish(&outcome);
-                    return outcome.map(|bytes| CacheRead { bytes, hit: false });
+                    let read = load().await.map(|loaded| {
+                        let Loaded { bytes, file } = loaded.into();
+                        let (_, file) = self.insert_with_file(name, etag, bytes.clone(), file);
+                        CacheRead { bytes, hit: false, file }
+                    });
+                    leader.finish(read.as_ref().map(|r| &r.bytes));
+                    return read;
                 }
                 Join::Wait(waiter) => match waiter.wait().await {
-                    Some(outcome) => return outcome.map(|bytes| CacheRead { bytes, hit: false }),
+                    Some(outcome) => return outcome.map(|bytes| CacheRead { bytes, hit: false, file: None }),
                     // The leader went away without an outcome: look again.
                     None => continue,
                 },
@@ -171,19 +229,28 @@ impl FileCache {
     /// Caches `bytes` as `name` at version `etag`, replacing any other version,
     /// evicting as the policy decides. Returns whether it is now cached.
     pub fn insert(&self, name: &str, etag: &Etag, bytes: Bytes) -> bool {
+        self.insert_with_file(name, etag, bytes, None).0
+    }
+
+    /// [`FileCache::insert`] of a load's bytes and file: whether it is now
+    /// cached, and the file if the entry keeps it (under the open-file bound).
+    fn insert_with_file(&self, name: &str, etag: &Etag, bytes: Bytes, file: Option<File>) -> (bool, Option<Arc<File>>) {
         let key = self.key(name);
         let mut dropped = Dropped::new();
-        let cached = {
+        let outcome = {
             let mut inner = self.lock();
             if let Some(old) = inner.remove(key, name) {
                 dropped.push(old);
             }
-            let cached = self.admits(bytes.len() as u64) && inner.insert(key, name, etag, bytes, &mut dropped);
-            inner.check();
-            cached
+            // After the old version is gone, whose file no longer counts.
+            let file = file.filter(|_| inner.open_files < self.max_open_files).map(Arc::new);
+            let kept = file.clone();
+            let cached = self.admits(bytes.len() as u64) && inner.insert(key, name, etag, bytes, file, &mut dropped);
+            inner.check(self.max_open_files);
+            (cached, kept.filter(|_| cached))
         };
         drop(dropped);
-        cached
+        outcome
     }
 
     /// Forgets `name` (it was written or deleted). Not counted as an eviction.
@@ -192,7 +259,7 @@ impl FileCache {
         let old = {
             let mut inner = self.lock();
             let old = inner.remove(key, name);
-            inner.check();
+            inner.check(self.max_open_files);
             old
         };
         drop(old);
@@ -261,9 +328,13 @@ impl FileCache {
     }
 
     /// Like `get` but uncounted: for looking again after a wait.
-    fn peek(&self, key: PolicyKey, name: &str, etag: &Etag) -> Option<Bytes> {
+    fn peek(&self, key: PolicyKey, name: &str, etag: &Etag) -> Option<(Bytes, Option<Arc<File>>)> {
         let inner = self.lock();
-        inner.entries.get(&key).filter(|e| &*e.name == name && &e.etag == etag).map(|e| e.bytes.clone())
+        inner
+            .entries
+            .get(&key)
+            .filter(|e| &*e.name == name && &e.etag == etag)
+            .map(|e| (e.bytes.clone(), e.file.clone()))
     }
 
     /// The lock, taken over after a panic elsewhere by emptying the cache: a
@@ -293,28 +364,44 @@ impl Inner {
             bytes: 0,
             stats: CacheStats::default(),
             evicted: Vec::new(),
+            open_files: 0,
         }
     }
 
-    /// The entry's contents if it is `name` at `etag` (recording the hit with
-    /// the policy); a stale version is removed into `dropped`.
-    fn lookup(&mut self, key: PolicyKey, name: &str, etag: &Etag, dropped: &mut Dropped) -> Option<Bytes> {
+    /// The entry's contents (and open file) if it is `name` at `etag`
+    /// (recording the hit with the policy); a stale version is removed into
+    /// `dropped`.
+    fn lookup(
+        &mut self,
+        key: PolicyKey,
+        name: &str,
+        etag: &Etag,
+        dropped: &mut Dropped,
+    ) -> Option<(Bytes, Option<Arc<File>>)> {
         let entry = self.entries.get_mut(&key)?;
         if &*entry.name != name {
             return None; // Another name with the same key; it stays.
         }
         if &entry.etag != etag {
             dropped.extend(self.remove(key, name));
-            self.check();
+            self.check(usize::MAX);
             return None;
         }
         entry.hits += 1;
-        let bytes = entry.bytes.clone();
+        let found = (entry.bytes.clone(), entry.file.clone());
         self.policy.on_hit(key);
-        Some(bytes)
+        Some(found)
     }
 
-    fn insert(&mut self, key: PolicyKey, name: &str, etag: &Etag, bytes: Bytes, dropped: &mut Dropped) -> bool {
+    fn insert(
+        &mut self,
+        key: PolicyKey,
+        name: &str,
+        etag: &Etag,
+        bytes: Bytes,
+        file: Option<Arc<File>>,
+        dropped: &mut Dropped,
+    ) -> bool {
         // A key of another name (a hash collision) makes way for this one.
         if let Some(other) = self.entries.get(&key).map(|e| e.name.clone()) {
             dropped.extend(self.remove(key, &other));
@@ -326,17 +413,20 @@ impl Inner {
         for victim in evicted.drain(..) {
             if let Some(entry) = self.entries.remove(&victim) {
                 self.bytes -= entry.bytes.len() as u64;
+                self.open_files -= usize::from(entry.file.is_some());
                 self.stats.evictions += 1;
                 dropped.push(entry);
             }
         }
         self.evicted = evicted;
         if admitted {
-            let entry = Entry { name: name.into(), etag: etag.clone(), bytes, hits: 0, cached_at: Instant::now() };
+            self.open_files += usize::from(file.is_some());
+            let entry =
+                Entry { name: name.into(), etag: etag.clone(), bytes, file, hits: 0, cached_at: Instant::now() };
             self.entries.insert(key, entry);
             self.bytes += size;
         }
-        self.check();
+        self.check(usize::MAX);
         admitted
     }
 
@@ -349,14 +439,18 @@ impl Inner {
         let policy_size = self.policy.remove(key);
         assert_eq!(policy_size, Some(size), "policy and map disagree on {name:?}");
         self.bytes -= size;
+        self.open_files -= usize::from(entry.file.is_some());
         Some(entry)
     }
 
     /// The invariants, after every change: the map and the policy hold the
-    /// same entries and bytes, within the bounds.
-    fn check(&self) {
+    /// same entries and bytes, within the bounds, and no more open files
+    /// than `max_open_files` (`usize::MAX` where the caller does not know
+    /// it; the public methods check it).
+    fn check(&self, max_open_files: usize) {
         assert_eq!(self.bytes, self.policy.bytes_held(), "bytes held by the map and by the policy");
         assert_eq!(self.entries.len(), self.policy.len(), "entries in the map and in the policy");
+        assert!(self.open_files <= self.entries.len().min(max_open_files), "{} open files", self.open_files);
         policy::assert_within_limits(self.policy.as_ref());
     }
 }

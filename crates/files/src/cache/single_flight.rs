@@ -91,7 +91,7 @@ impl<K: Hash + Eq + Clone> SingleFlight<K> {
 
 impl<K: Hash + Eq + Clone> Leader<'_, K> {
     /// Hands the outcome to every waiter, present and late.
-    pub fn finish(self, outcome: &io::Result<Bytes>) {
+    pub fn finish(self, outcome: Result<&Bytes, &io::Error>) {
         let shared = match outcome {
             Ok(bytes) => Outcome::Loaded(bytes.clone()),
             Err(e) => Outcome::Failed(e.kind(), e.to_string().into()),
@@ -151,7 +151,7 @@ mod tests {
         let early = wait(&sf, 1);
         let _other = lead(&sf, 2);
         assert_eq!(sf.len(), 2);
-        leader.finish(&Ok(Bytes::from_static(b"one")));
+        leader.finish(Ok(&Bytes::from_static(b"one")));
         assert_eq!(sf.len(), 1, "finishing removes the flight");
         let got = tokio::time::timeout(DEADLINE, early.wait()).await.unwrap();
         assert_eq!(got.unwrap().unwrap(), Bytes::from_static(b"one"));
@@ -176,7 +176,7 @@ mod tests {
         let sf = SingleFlight::default();
         let leader = lead(&sf, 3);
         let (a, b) = (wait(&sf, 3), wait(&sf, 3));
-        leader.finish(&Err(io::Error::new(io::ErrorKind::PermissionDenied, "no read access")));
+        leader.finish(Err(&io::Error::new(io::ErrorKind::PermissionDenied, "no read access")));
         for w in [a, b] {
             let e = w.wait().await.unwrap().unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);

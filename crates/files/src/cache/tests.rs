@@ -56,6 +56,70 @@ async fn hits_need_the_same_version_and_share_memory() {
     assert!((s.object_hit_ratio - 0.4).abs() < 1e-9 && (s.byte_hit_ratio - 0.4).abs() < 1e-9);
 }
 
+/// A file of `size` bytes of `seed`, opened for reading: what a load keeps.
+fn open_file(dir: &tempfile::TempDir, name: &str, size: u64, seed: u8) -> File {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents(size, seed)).unwrap();
+    File::open(path).unwrap()
+}
+
+#[tokio::test]
+async fn an_entry_keeps_its_loaded_file_open_until_it_is_dropped_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CacheConfig { max_bytes: 100 * KIB, max_item_bytes: 50 * KIB, policy: CachePolicyKind::Fifo };
+    let c = FileCache::with_open_files(config, 2);
+    let load = |name: &'static str, seed: u8| {
+        let file = open_file(&dir, name, 10, seed);
+        move || async move { Ok(Loaded { bytes: contents(10, seed), file: Some(file) }) }
+    };
+    let a = c.get_or_load("a", &etag(10, 1), 10, load("a", 1)).await.unwrap();
+    let kept = a.file.clone().expect("a cached entry keeps its file");
+    let hit = c.get_or_load("a", &etag(10, 1), 10, no_load).await.unwrap();
+    assert!(hit.hit);
+    assert!(Arc::ptr_eq(&kept, hit.file.as_ref().unwrap()), "the same open file, not another");
+    assert_eq!(kept.metadata().unwrap().len(), 10);
+    drop((a, hit));
+    assert_eq!(Arc::strong_count(&kept), 2, "the entry's and ours");
+
+    // Over the bound: the third entry keeps its bytes only.
+    let b = c.get_or_load("b", &etag(10, 1), 10, load("b", 2)).await.unwrap();
+    assert!(b.file.is_some());
+    let third = c.get_or_load("c", &etag(10, 1), 10, load("c", 3)).await.unwrap();
+    assert!(third.file.is_none(), "past the bound of 2");
+    assert_eq!(third.bytes, contents(10, 3));
+    assert_eq!(c.open_files(), 2);
+    assert!(c.get_or_load("c", &etag(10, 1), 10, no_load).await.unwrap().file.is_none());
+
+    // Invalidated, replaced by a newer version, evicted: each closes its file.
+    c.invalidate("a");
+    assert_eq!(Arc::strong_count(&kept), 1, "only ours is left");
+    assert_eq!(c.open_files(), 1);
+    let newer = c.get_or_load("b", &etag(10, 2), 10, load("b2", 4)).await.unwrap();
+    assert!(newer.file.is_some(), "room again");
+    assert_eq!(c.open_files(), 1, "the old version's file went with it");
+    let big = c.get_or_load("d", &etag(50 * KIB, 1), 50 * KIB, || async { Ok(contents(50 * KIB, 5)) }).await.unwrap();
+    assert!(big.file.is_none(), "a load without a file");
+    for i in 0..10u8 {
+        let name = format!("e{i}");
+        c.get_or_load(&name, &etag(10 * KIB, 1), 10 * KIB, || async move { Ok(contents(10 * KIB, i)) }).await.unwrap();
+    }
+    assert!(c.get("b", &etag(10, 2)).is_none(), "evicted (FIFO)");
+    assert_eq!(c.open_files(), 0);
+    assert_eq!(Arc::strong_count(newer.file.as_ref().unwrap()), 1, "closed with the eviction but for ours");
+
+    // Not admitted: read, not kept.
+    let huge = 60 * KIB;
+    let file = open_file(&dir, "huge", 1, 0);
+    let r = c
+        .get_or_load("huge", &etag(huge, 1), huge, || async move {
+            Ok(Loaded { bytes: contents(huge, 0), file: Some(file) })
+        })
+        .await
+        .unwrap();
+    assert!(r.file.is_none() && !r.hit);
+    assert_eq!(c.open_files(), 0);
+}
+
 #[tokio::test]
 async fn large_files_are_loaded_but_never_cached() {
     let c =
@@ -97,7 +161,9 @@ async fn invalidate_and_replace() {
 async fn load_errors_are_returned_and_not_cached() {
     let c = cache(100 * KIB, CachePolicyKind::S3Fifo);
     let e = c
-        .get_or_load("gone", &etag(3, 1), 3, || async { Err(io::Error::new(io::ErrorKind::NotFound, "vanished")) })
+        .get_or_load("gone", &etag(3, 1), 3, || async {
+            Err::<Bytes, _>(io::Error::new(io::ErrorKind::NotFound, "vanished"))
+        })
         .await
         .unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::NotFound);
@@ -253,7 +319,7 @@ async fn a_failed_load_fails_its_waiters_too() {
         tokio::spawn(async move {
             c.get_or_load("f", &tag, 8, || async move {
                 gate.notified().await;
-                Err(io::Error::new(io::ErrorKind::PermissionDenied, "denied"))
+                Err::<Bytes, _>(io::Error::new(io::ErrorKind::PermissionDenied, "denied"))
             })
             .await
         })
