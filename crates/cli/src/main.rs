@@ -21,10 +21,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // A backup node is one connection task feeding one writer thread of its
-    // own: on a multi-threaded runtime every hand-off between them also
-    // woke an idle worker (futex) and moved the task between threads, CPU
-    // the node adds to the machine it shares with the server.
+    // A backup node is one connection task feeding a writer thread of its
+    // own: on a multi-threaded runtime each hand-off between them also
+    // woke an idle worker thread (a futex call each), CPU the node takes
+    // from the machine it may share with the server.
     let mut builder = match cli.command {
         cli::Command::Backup(_) => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
