@@ -49,8 +49,8 @@ const OUTPUT_HIGH_WATER: usize = 4 << 20;
 /// timeout and lets the node notice a server that vanished.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Most file bytes the feed joins into one BACKUPDATA frame out of an
-/// upload's queued pieces: the node's write block (a frame fills one), and
-/// far below the frame limit a node accepts (16 MiB).
+/// upload's queued pieces: a divisor of the node's write block, and far
+/// below the frame limit a node accepts (16 MiB).
 const JOINED_FRAME: usize = 1 << 20;
 /// Most pieces joined into one frame (each is one iovec of the write).
 const MAX_JOINED_PIECES: usize = 64;
@@ -265,9 +265,9 @@ impl Feed {
     /// Queues one BACKUPDATA frame of `data` and of the pieces queued
     /// right behind it that continue it, up to [`JOINED_FRAME`] bytes and
     /// not across a multiple of it in the file. An upload's pieces are the
-    /// client's frames (256 KiB by default); joined, the node receives one
-    /// header per 1 MiB block instead of four, each payload filling one
-    /// of its write blocks exactly, and takes a whole block per wake-up.
+    /// client's frames (256 KiB by default); joined, a node receiving
+    /// directly reads one header per 1 MiB instead of four, and a payload
+    /// never straddles two of its write blocks (multiples of 1 MiB).
     fn send_data(&mut self, conn: &mut Conn, transfer: u64, offset: u64, data: Bytes) {
         let boundary = (offset / JOINED_FRAME as u64 + 1) * JOINED_FRAME as u64;
         let mut len = data.len();
