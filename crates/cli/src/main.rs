@@ -21,7 +21,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A backup node is one connection task feeding a writer thread of its
+    // own: on a multi-threaded runtime each hand-off between them also
+    // woke an idle worker thread (a futex call each), CPU the node takes
+    // from the machine it may share with the server.
+    let mut builder = match cli.command {
+        cli::Command::Backup(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

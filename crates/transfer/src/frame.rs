@@ -159,6 +159,19 @@ impl Frame {
         (prefix.freeze(), body)
     }
 
+    /// The header and fixed fields of a BACKUPDATA frame whose `payload`
+    /// file bytes follow separately: a sender that joins several pieces
+    /// into one frame writes this and then the pieces, without copying
+    /// them together.
+    pub fn backup_data_header(transfer: u64, offset: u64, payload: usize) -> Bytes {
+        let mut prefix = BytesMut::with_capacity(HEADER_LEN + 16);
+        prefix.put_u8(FrameType::BackupData as u8);
+        prefix.put_u32(u32::try_from(payload + 16).unwrap_or(u32::MAX));
+        prefix.put_u64(transfer);
+        prefix.put_u64(offset);
+        prefix.freeze()
+    }
+
     /// Encodes into one contiguous buffer (tests and small frames).
     pub fn encode(&self) -> Bytes {
         let (prefix, body) = self.encode_parts();
@@ -189,6 +202,15 @@ mod tests {
         round_trip(Frame::Ack(u64::MAX));
         round_trip(Frame::BackupInfo { transfer: 9, info: "a 3".into() });
         round_trip(Frame::BackupData { transfer: 9, offset: 1, data: Bytes::from_static(b"z") });
+    }
+
+    #[test]
+    fn a_backup_data_header_and_its_pieces_make_the_frame() {
+        let mut joined = BytesMut::from(&Frame::backup_data_header(9, 1 << 40, 5)[..]);
+        joined.extend_from_slice(b"ab");
+        joined.extend_from_slice(b"cde");
+        let whole = Frame::BackupData { transfer: 9, offset: 1 << 40, data: Bytes::from_static(b"abcde") };
+        assert_eq!(joined.freeze(), whole.encode());
     }
 
     #[test]

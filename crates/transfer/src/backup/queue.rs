@@ -147,6 +147,21 @@ impl FeedQueue {
         Some(item)
     }
 
+    /// The next piece of a transfer's bytes, if it is the front item: a
+    /// Data item of `transfer` at `offset` with at most `most` bytes. The
+    /// feed joins such pieces into one BACKUPDATA frame.
+    pub fn pop_following(&self, transfer: u64, offset: u64, most: usize) -> Option<Bytes> {
+        let mut q = self.lock();
+        let Some(FeedItem::Data { transfer: t, offset: o, data }) = q.items.front() else { return None };
+        if *t != transfer || *o != offset || data.len() > most {
+            return None;
+        }
+        let data = data.clone();
+        q.items.pop_front();
+        q.cost -= data.len() as u64 + ITEM_COST;
+        Some(data)
+    }
+
     /// Whether a producer waited for room and there is plenty now (half the
     /// bound), which the feed announces to waiting uploads.
     pub fn take_room_signal(&self) -> bool {
@@ -222,6 +237,25 @@ mod tests {
         assert_eq!(q.data(1, &[piece(5200, 500)]), Push::Full);
         assert_eq!(q.done(1, "a", 5200, "h", "e"), Push::Queued, "control items are not held by data");
         assert_eq!(q.load(), (200, 0));
+    }
+
+    #[test]
+    fn only_the_continuation_of_a_transfer_follows() {
+        let q = FeedQueue::new(1 << 20);
+        assert_eq!(q.data(1, &[piece(0, 100), piece(100, 50), piece(150, 10)]), Push::Queued);
+        assert_eq!(q.data(2, &[piece(160, 10)]), Push::Queued);
+        assert!(q.pop_following(1, 0, 99).is_none(), "too large");
+        assert!(q.pop_following(1, 5, 1000).is_none(), "another offset");
+        assert!(q.pop_following(2, 0, 1000).is_none(), "another transfer");
+        assert_eq!(q.pop_following(1, 0, 100).map(|b| b.len()), Some(100));
+        assert_eq!(q.pop_following(1, 100, 1000).map(|b| b.len()), Some(50));
+        assert_eq!(q.pop_following(1, 150, 1000).map(|b| b.len()), Some(10));
+        assert!(q.pop_following(1, 160, 1000).is_none(), "the next item is transfer 2's");
+        assert_eq!(q.load(), (10, 0));
+        assert!(matches!(q.pop(), Some(FeedItem::Data { transfer: 2, .. })));
+        assert!(q.pop_following(2, 170, 1000).is_none(), "empty");
+        assert_eq!(q.load(), (0, 0));
+        assert_eq!(q.data(3, &[piece(0, 1)]), Push::Queued, "the cost went back to 0");
     }
 
     #[test]

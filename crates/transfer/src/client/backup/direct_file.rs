@@ -25,8 +25,8 @@ use nix::fcntl::{FcntlArg, OFlag, PosixFadviseAdvice, fcntl, posix_fadvise};
 use super::aligned_block::{ALIGN, AlignedBlock, BLOCK};
 
 /// Files written with `O_DIRECT` at once: each holds a [`BLOCK`] buffer,
-/// so this bounds that memory; further files are written buffered.
-pub(super) const MAX_DIRECT_FILES: usize = 8;
+/// so this bounds that memory (16 MiB); further files are written buffered.
+pub(super) const MAX_DIRECT_FILES: usize = 4;
 /// Buffered bytes after which their writeback is started, so the fsync of
 /// the commit finds little left to write.
 const WRITEBACK_EVERY: u64 = 8 << 20;
