@@ -105,10 +105,12 @@ pub struct KvConfig {
     pub compact_garbage_ratio: f64,
     /// `fsync` mode: least time between the starts of two group commits, µs
     /// (0: a commit starts as soon as a write waits and a commit thread is
-    /// free).
+    /// free). A commit still in flight after this long does not hold the
+    /// next one back (see `group_commit_threads`).
     pub group_commit_interval_us: u64,
     /// `fsync` mode: group commits (`fdatasync`s) in flight at once, one per
-    /// thread; 1 commits one at a time.
+    /// thread; 1 commits one at a time. Commits overlap only when one takes
+    /// longer than `group_commit_interval_us`.
     pub group_commit_threads: usize,
 }
 
@@ -248,7 +250,7 @@ impl Default for KvConfig {
             idle_timeout_secs: 0,
             compact_min_bytes: 64 * MIB,
             compact_garbage_ratio: 0.5,
-            group_commit_interval_us: 0,
+            group_commit_interval_us: 1000,
             group_commit_threads: 3,
         }
     }
