@@ -103,8 +103,15 @@ pub struct KvConfig {
     pub compact_min_bytes: u64,
     /// Compaction starts when this fraction of the log is garbage.
     pub compact_garbage_ratio: f64,
-    /// Longest wait of a write for its group commit in `fsync` mode, µs.
+    /// `fsync` mode: least time between the starts of two group commits, µs
+    /// (0: a commit starts as soon as a write waits and a commit thread is
+    /// free). A commit still in flight after this long does not hold the
+    /// next one back (see `group_commit_threads`).
     pub group_commit_interval_us: u64,
+    /// `fsync` mode: group commits (`fdatasync`s) in flight at once, one per
+    /// thread; 1 commits one at a time. Commits overlap only when one takes
+    /// longer than `group_commit_interval_us`.
+    pub group_commit_threads: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +251,7 @@ impl Default for KvConfig {
             compact_min_bytes: 64 * MIB,
             compact_garbage_ratio: 0.5,
             group_commit_interval_us: 1000,
+            group_commit_threads: 3,
         }
     }
 }
@@ -375,6 +383,12 @@ impl Config {
         }
         if !(0.05..=0.95).contains(&k.compact_garbage_ratio) {
             return bad("kv.compact_garbage_ratio must be between 0.05 and 0.95");
+        }
+        if !(1..=16).contains(&k.group_commit_threads) {
+            return bad("kv.group_commit_threads must be between 1 and 16");
+        }
+        if k.group_commit_interval_us > 1_000_000 {
+            return bad("kv.group_commit_interval_us must be at most 1000000");
         }
         let b = &self.backup;
         if b.timeout_ms == 0 || b.timeout_ms > 3_600_000 {

@@ -46,6 +46,7 @@ impl KvService {
             compact_min_bytes: config.compact_min_bytes,
             compact_garbage_ratio: config.compact_garbage_ratio,
             group_commit_interval: Duration::from_micros(config.group_commit_interval_us),
+            group_commit_threads: config.group_commit_threads,
         })?;
         let limits = Limits { max_item_bytes: config.max_item_bytes as usize, ..Limits::default() };
         let info = ServerInfo {

@@ -12,8 +12,9 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::watch;
 
+use super::commits::CommitQueue;
 use super::log::{self, Listing, MAGIC, MAGIC_LEN, Meta, Next, Op, Reader, Record};
-use super::{Durability, Entry, Inner, Store, StoreConfig, StoreError, TOUCHED, lock, unix_now};
+use super::{Durability, Entry, Inner, MAX_COMMIT_THREADS, Store, StoreConfig, StoreError, TOUCHED, lock, unix_now};
 
 /// Fsync mode: the group-commit thread keeps this many bytes of zeros written (and, by its next commit,
 /// synced) ahead of the append position. Appending into space the file already has changes neither its size
@@ -34,11 +35,28 @@ pub(crate) struct Durable {
     pub failed: bool,
 }
 
-#[derive(Default)]
+/// What the background threads wait for.
 struct Bg {
     stop: bool,
+    /// Records were appended since the last commit was issued.
     commit_pending: bool,
     compact_pending: bool,
+    /// The group commits in flight.
+    commits: CommitQueue,
+    /// When the last commit was issued (see `StoreConfig::group_commit_interval`).
+    last_issue: Option<Instant>,
+}
+
+impl Bg {
+    fn new(commit_threads: usize, durable: u64) -> Bg {
+        Bg {
+            stop: false,
+            commit_pending: false,
+            compact_pending: false,
+            commits: CommitQueue::new(commit_threads, durable),
+            last_issue: None,
+        }
+    }
 }
 
 /// The appending side of the log, and this process's position in it.
@@ -89,6 +107,17 @@ pub(crate) struct LogCtl {
     swept_flush: AtomicU64,
     /// The compaction thread was woken because the thresholds were crossed.
     compact_kicked: AtomicBool,
+    /// Tests: the next commit issued waits for this before its `fdatasync`.
+    #[cfg(test)]
+    hold_next_commit: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// Tests: commits whose `fdatasync` returned.
+    #[cfg(test)]
+    commits_done: AtomicU64,
+}
+
+/// Fsync mode: commit threads, and so `fdatasync`s of the log in flight at once (see the `commits` module).
+fn commit_threads(cfg: &StoreConfig) -> usize {
+    cfg.group_commit_threads.clamp(1, MAX_COMMIT_THREADS)
 }
 
 fn not_writable() -> io::Error {
@@ -124,7 +153,7 @@ impl LogCtl {
             transition: Mutex::new(()),
             compacting: Mutex::new(()),
             stop: AtomicBool::new(false),
-            bg: Mutex::new(Bg::default()),
+            bg: Mutex::new(Bg::new(commit_threads(cfg), 0)),
             commit_cv: Condvar::new(),
             compact_cv: Condvar::new(),
             durable: Mutex::new(Durable::default()),
@@ -132,6 +161,10 @@ impl LogCtl {
             durable_tx: watch::Sender::new(Durable::default()),
             swept_flush: AtomicU64::new(0),
             compact_kicked: AtomicBool::new(false),
+            #[cfg(test)]
+            hold_next_commit: Mutex::new(None),
+            #[cfg(test)]
+            commits_done: AtomicU64::new(0),
         })
     }
 
@@ -203,6 +236,33 @@ impl LogCtl {
             Ok(()) => w.zeroed = start + PREALLOC_STEP as u64,
             Err(e) => tracing::debug!(error = %e, "kv log: cannot preallocate; appending past the end"),
         }
+    }
+
+    /// Group commit: every record up to `seq` is durable. Commit threads retire in order but publish
+    /// concurrently, so the published number only grows.
+    fn advance(&self, seq: u64) {
+        let mut d = lock(&self.durable);
+        if d.failed || d.seq >= seq {
+            return;
+        }
+        d.seq = seq;
+        let now = *d;
+        drop(d);
+        self.durable_cv.notify_all();
+        self.durable_tx.send_if_modified(|cur| {
+            let newer = !cur.failed && cur.seq < now.seq;
+            if newer {
+                *cur = now;
+            }
+            newer
+        });
+    }
+
+    /// Group commit: an `fdatasync` failed. What it covered may be lost; no later record counts as durable.
+    fn fail(&self) {
+        lock(&self.durable).failed = true;
+        self.durable_cv.notify_all();
+        self.durable_tx.send_modify(|cur| cur.failed = true);
     }
 
     fn publish(&self, d: Durable) {
@@ -660,46 +720,64 @@ impl Inner {
     }
 }
 
+/// One of the `group_commit_threads` group-commit threads: issues an `fdatasync` as soon as records were appended
+/// since the last one was issued (and the interval allows), whether or not other commits are still in
+/// flight, and retires commits in issue order (see the `commits` module).
 fn commit_loop(inner: Arc<Inner>) {
     let log = inner.log();
     let interval = inner.cfg.group_commit_interval;
-    let mut last_start: Option<Instant> = None;
     loop {
-        {
+        let (seq, file) = {
             let mut bg = lock(&log.bg);
-            while !bg.commit_pending && !bg.stop {
-                bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            if bg.stop {
-                return; // the stopper makes the final sync
+            loop {
+                if bg.stop {
+                    return; // the stopper makes the final sync
+                }
+                if bg.commit_pending && bg.commits.has_room() {
+                    let wait = bg.last_issue.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()));
+                    if wait.is_zero() {
+                        break;
+                    }
+                    bg = log.commit_cv.wait_timeout(bg, wait).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+                } else {
+                    bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
             }
             bg.commit_pending = false;
-        }
-        if let Some(t) = last_start {
-            let since = t.elapsed();
-            if since < interval {
-                std::thread::sleep(interval - since);
+            // Read under the queue's lock, so that commits are issued in the order of what they cover. Every
+            // record up to `seq` was written to `file` or to a segment that was synced when it was rolled.
+            let (seq, file) = {
+                let w = lock(&log.w);
+                (w.seq, w.file.clone())
+            };
+            let Some(file) = file else { continue };
+            if !bg.commits.issue(seq) {
+                continue;
             }
-        }
-        last_start = Some(Instant::now());
-        let (seq, file) = {
-            let w = lock(&log.w);
-            (w.seq, w.file.clone())
+            bg.last_issue = Some(Instant::now());
+            (seq, file)
         };
-        let Some(file) = file else { continue };
-        if seq <= log.durable().seq {
-            continue;
+        #[cfg(test)]
+        {
+            let gate = lock(&log.hold_next_commit).take();
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+            }
         }
-        match file.sync_data() {
-            Ok(()) => {
-                log.publish(Durable { seq, failed: false });
-                log.preallocate();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "kv log: fdatasync failed; refusing further writes");
-                let d = log.durable();
-                log.publish(Durable { seq: d.seq, failed: true });
-            }
+        let res = file.sync_data();
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "kv log: fdatasync failed; refusing further writes");
+        }
+        // Records appended while the queue was full are this thread's to commit next: it looks again first.
+        let retired = lock(&log.bg).commits.complete(seq, res.is_ok());
+        #[cfg(test)]
+        log.commits_done.fetch_add(1, Relaxed);
+        if let Some(seq) = retired.durable {
+            log.advance(seq);
+            log.preallocate();
+        }
+        if retired.failed {
+            log.fail();
         }
     }
 }
@@ -762,14 +840,16 @@ impl Store {
             return;
         }
         log.stop.store(false, Relaxed);
-        *lock(&log.bg) = Bg::default();
+        *lock(&log.bg) = Bg::new(commit_threads(&self.inner.cfg), log.durable().seq);
         let spawn = |name: &str, f: fn(Arc<Inner>)| {
             let inner = Arc::clone(&self.inner);
             std::thread::Builder::new().name(name.into()).spawn(move || f(inner))
         };
         let mut handles = vec![spawn("kv-compact", compact_loop)];
         if log.fsync {
-            handles.push(spawn("kv-commit", commit_loop));
+            for _ in 0..commit_threads(&self.inner.cfg) {
+                handles.push(spawn("kv-commit", commit_loop));
+            }
         }
         for h in handles {
             match h {
@@ -905,6 +985,27 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Tests: the next group commit issued holds off its `fdatasync` until the returned sender sends or is
+    /// dropped.
+    #[cfg(test)]
+    pub(super) fn hold_next_commit(&self) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *lock(&self.inner.log().hold_next_commit) = Some(rx);
+        tx
+    }
+
+    /// Tests: a commit took the hold of [`Store::hold_next_commit`].
+    #[cfg(test)]
+    pub(super) fn commit_held(&self) -> bool {
+        lock(&self.inner.log().hold_next_commit).is_none()
+    }
+
+    /// Tests: group commits whose `fdatasync` returned.
+    #[cfg(test)]
+    pub(super) fn commits_done(&self) -> u64 {
+        self.inner.log().commits_done.load(Relaxed)
     }
 
     #[cfg(test)]

@@ -386,32 +386,76 @@ fn concurrent_writers() {
 
 #[test]
 fn fsync_group_commit() {
-    let d = tempfile::tempdir().unwrap();
-    let s = Arc::new(Store::open(cfg(d.path(), Durability::Fsync)).unwrap());
-    let start = Instant::now();
-    let threads: Vec<_> = (0..20)
-        .map(|th| {
-            let s = Arc::clone(&s);
-            std::thread::spawn(move || {
-                for i in 0..500 {
-                    let k = format!("t{th}-{i}");
-                    s.store(Mode::Set, k.as_bytes(), 0, 0, Bytes::from_static(b"some value"), now()).unwrap();
-                    s.wait_durable_blocking(s.appended_seq()).unwrap();
-                }
+    // One commit at a time, and several in flight.
+    for commit_threads in [1, 3] {
+        let d = tempfile::tempdir().unwrap();
+        let c = StoreConfig { group_commit_threads: commit_threads, ..cfg(d.path(), Durability::Fsync) };
+        let s = Arc::new(Store::open(c).unwrap());
+        let start = Instant::now();
+        let threads: Vec<_> = (0..20)
+            .map(|th| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let k = format!("t{th}-{i}");
+                        s.store(Mode::Set, k.as_bytes(), 0, 0, Bytes::from_static(b"some value"), now()).unwrap();
+                        let seq = s.appended_seq();
+                        s.wait_durable_blocking(seq).unwrap();
+                        assert!(s.stats().durable_seq >= seq);
+                    }
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let el = start.elapsed();
+        let st = s.stats();
+        eprintln!(
+            "fsync mode, {commit_threads} commit threads: 20 threads x 500 durable sets in {el:?}: {:.0} sets/s, {} commits",
+            10_000.0 / el.as_secs_f64(),
+            s.commits_done()
+        );
+        assert_eq!(st.appended_seq, 10_000);
+        assert_eq!(st.durable_seq, st.appended_seq);
+        assert!(el < Duration::from_secs(20), "group commit too slow: {el:?}");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(s.wait_durable(st.appended_seq)).unwrap();
     }
-    let el = start.elapsed();
-    let st = s.stats();
-    eprintln!("fsync mode: 20 threads x 500 durable sets in {el:?}: {:.0} sets/s", 10_000.0 / el.as_secs_f64());
-    assert_eq!(st.appended_seq, 10_000);
-    assert_eq!(st.durable_seq, st.appended_seq);
-    assert!(el < Duration::from_secs(20), "group commit too slow: {el:?}");
+}
+
+/// Two commits in flight, the later one returning first: the records only it covers are not acknowledged
+/// until the earlier one has returned too.
+#[test]
+fn overlapping_commits_acknowledge_in_issue_order() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(StoreConfig { group_commit_threads: 2, ..cfg(d.path(), Durability::Fsync) }).unwrap();
+    let base = s.stats().durable_seq;
+    let release = s.hold_next_commit();
+    s.store(Mode::Set, b"first", 0, 0, Bytes::from_static(b"1"), now()).unwrap();
+    let first = s.appended_seq();
+    // The first commit is issued and held: the gate is taken.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.commit_held() {
+        assert!(Instant::now() < deadline, "the first commit was never issued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.store(Mode::Set, b"second", 0, 0, Bytes::from_static(b"2"), now()).unwrap();
+    let second = s.appended_seq();
+    assert!(second > first);
+    // The second commit, issued while the first is in flight, returns first.
+    while s.commits_done() < 1 {
+        assert!(Instant::now() < deadline, "the second commit never returned");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(s.stats().durable_seq, base, "a later commit acknowledged writes before an earlier one returned");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(s.wait_durable(st.appended_seq)).unwrap();
+    let early = rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), s.wait_durable(first)).await });
+    assert!(early.is_err(), "wait_durable resolved while the commit covering it was in flight");
+    release.send(()).unwrap();
+    s.wait_durable_blocking(second).unwrap();
+    assert_eq!(s.stats().durable_seq, second);
+    assert_eq!(s.commits_done(), 2);
 }
 
 /// The index's cost per get, without the network: 200,000 items of 16-byte keys and 100-byte values (the
