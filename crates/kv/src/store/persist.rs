@@ -282,10 +282,10 @@ impl Writer {
     /// [`PREALLOC_AHEAD`]); in `os` mode its `pwrite` is a copy into the page cache that journals no inode
     /// size. A failure (a full disk) only means appends go on past the end, as without preallocation.
     fn zero_ahead(&mut self, ahead: u64) {
-        let Some(file) = self.file.clone() else { return };
         if self.dirty || self.zeroed >= self.off + ahead {
             return;
         }
+        let Some(file) = &self.file else { return };
         // The caller holds the writer lock: no record can land in the range while it is zeroed.
         let start = self.zeroed.max(self.off);
         match file.write_all_at(&ZEROS, start) {
