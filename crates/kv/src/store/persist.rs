@@ -42,10 +42,12 @@ struct Bg {
     /// Records were appended since the last commit was issued.
     commit_pending: bool,
     compact_pending: bool,
-    /// The group commits in flight.
+    /// The group commits in flight; also decides when the next may be issued.
     commits: CommitQueue,
-    /// When the last commit was issued (see `StoreConfig::group_commit_interval`).
-    last_issue: Option<Instant>,
+    /// Commit threads waiting for work.
+    idle: usize,
+    /// An idle commit thread was woken and has not run yet: appends do not wake another.
+    kicked: bool,
 }
 
 impl Bg {
@@ -55,7 +57,8 @@ impl Bg {
             commit_pending: false,
             compact_pending: false,
             commits: CommitQueue::new(commit_threads, durable),
-            last_issue: None,
+            idle: 0,
+            kicked: false,
         }
     }
 }
@@ -88,6 +91,8 @@ pub(crate) struct Writer {
 pub(crate) struct LogCtl {
     dir: PathBuf,
     fsync: bool,
+    /// See `StoreConfig::group_commit_interval`.
+    commit_interval: Duration,
     pub(crate) w: Mutex<Writer>,
     /// Mirrors of `w.seq` and `w.bytes`, readable without the writer lock.
     appended: AtomicU64,
@@ -114,6 +119,9 @@ pub(crate) struct LogCtl {
     /// Tests: commits whose `fdatasync` returned.
     #[cfg(test)]
     commits_done: AtomicU64,
+    /// Tests: when each commit was issued (bounded by the tests' short runs).
+    #[cfg(test)]
+    issued_at: Mutex<Vec<Instant>>,
 }
 
 /// Fsync mode: commit threads, and so `fdatasync`s of the log in flight at once (see the `commits` module).
@@ -135,6 +143,7 @@ impl LogCtl {
         Ok(LogCtl {
             dir: cfg.dir.clone(),
             fsync: cfg.durability == Durability::Fsync,
+            commit_interval: cfg.group_commit_interval,
             w: Mutex::new(Writer {
                 lock: None,
                 file: None,
@@ -166,6 +175,8 @@ impl LogCtl {
             hold_next_commit: Mutex::new(None),
             #[cfg(test)]
             commits_done: AtomicU64::new(0),
+            #[cfg(test)]
+            issued_at: Mutex::new(Vec::new()),
         })
     }
 
@@ -217,12 +228,25 @@ impl LogCtl {
         drop(w);
         if self.fsync {
             let mut bg = lock(&self.bg);
-            if !bg.commit_pending {
-                bg.commit_pending = true;
-                self.commit_cv.notify_one();
-            }
+            bg.commit_pending = true;
+            self.kick_commit(&mut bg);
         }
         Ok(())
+    }
+
+    /// Fsync mode, after an append: wakes an idle commit thread if a commit is due now (none running, or the
+    /// newest running one has run for the interval). A commit that is not due yet is issued by the thread
+    /// of the running one when it returns, or on an append after the interval: no thread sleeps on a timer,
+    /// so a fast disk (commits returning within the interval) costs no wake-up beyond the commit's own.
+    fn kick_commit(&self, bg: &mut Bg) {
+        if bg.kicked
+            || bg.idle == 0
+            || bg.commits.issue_wait(Instant::now(), self.commit_interval) != Some(Duration::ZERO)
+        {
+            return;
+        }
+        bg.kicked = true;
+        self.commit_cv.notify_one();
     }
 
     /// Fsync mode, on the group-commit thread after a commit: writes one [`PREALLOC_STEP`] of zeros after
@@ -729,12 +753,13 @@ impl Inner {
     }
 }
 
-/// One of the `group_commit_threads` group-commit threads: issues an `fdatasync` as soon as records were appended
-/// since the last one was issued (and the interval allows), whether or not other commits are still in
-/// flight, and retires commits in issue order (see the `commits` module).
+/// One of the `group_commit_threads` group-commit threads: issues an `fdatasync` once records were appended
+/// since the last one was issued, at once if no other is running, else once the newest running one has run
+/// for `group_commit_interval` (see the `commits` module and `LogCtl::kick_commit`), and retires commits in
+/// issue order.
 fn commit_loop(inner: Arc<Inner>) {
     let log = inner.log();
-    let interval = inner.cfg.group_commit_interval;
+    let interval = log.commit_interval;
     loop {
         let (seq, file) = {
             let mut bg = lock(&log.bg);
@@ -742,15 +767,13 @@ fn commit_loop(inner: Arc<Inner>) {
                 if bg.stop {
                     return; // the stopper makes the final sync
                 }
-                if bg.commit_pending && bg.commits.has_room() {
-                    let wait = bg.last_issue.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()));
-                    if wait.is_zero() {
-                        break;
-                    }
-                    bg = log.commit_cv.wait_timeout(bg, wait).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-                } else {
-                    bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
+                if bg.commit_pending && bg.commits.issue_wait(Instant::now(), interval) == Some(Duration::ZERO) {
+                    break;
                 }
+                bg.idle += 1;
+                bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
+                bg.idle -= 1;
+                bg.kicked = false;
             }
             bg.commit_pending = false;
             // Read under the queue's lock, so that commits are issued in the order of what they cover. Every
@@ -760,10 +783,12 @@ fn commit_loop(inner: Arc<Inner>) {
                 (w.seq, w.file.clone())
             };
             let Some(file) = file else { continue };
-            if !bg.commits.issue(seq) {
+            let now = Instant::now();
+            if !bg.commits.issue(seq, now) {
                 continue;
             }
-            bg.last_issue = Some(Instant::now());
+            #[cfg(test)]
+            lock(&log.issued_at).push(now);
             (seq, file)
         };
         #[cfg(test)]
@@ -777,7 +802,8 @@ fn commit_loop(inner: Arc<Inner>) {
         if let Err(e) = &res {
             tracing::error!(error = %e, "kv log: fdatasync failed; refusing further writes");
         }
-        // Records appended while the queue was full are this thread's to commit next: it looks again first.
+        // Records appended while this commit ran are this thread's to commit next: it looks again first, and
+        // with no other commit running issues at once.
         let retired = lock(&log.bg).commits.complete(seq, res.is_ok());
         #[cfg(test)]
         log.commits_done.fetch_add(1, Relaxed);
@@ -1015,6 +1041,12 @@ impl Store {
     #[cfg(test)]
     pub(super) fn commits_done(&self) -> u64 {
         self.inner.log().commits_done.load(Relaxed)
+    }
+
+    /// Tests: when each group commit was issued, in issue order.
+    #[cfg(test)]
+    pub(super) fn commit_issue_times(&self) -> Vec<Instant> {
+        lock(&self.inner.log().issued_at).clone()
     }
 
     #[cfg(test)]
