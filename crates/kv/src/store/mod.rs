@@ -30,6 +30,7 @@ mod log;
 mod persist;
 #[cfg(test)]
 mod tests;
+mod waiters;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use tokio::sync::watch;
 
 use super::commits::CommitQueue;
 use super::log::{self, Listing, MAGIC, MAGIC_LEN, Meta, Next, Op, Reader, Record};
+use super::waiters::Waiters;
 use super::{Durability, Entry, Inner, MAX_COMMIT_THREADS, Store, StoreConfig, StoreError, TOUCHED, lock, unix_now};
 
 /// Fsync mode: the group-commit thread keeps this many bytes of zeros written (and, by its next commit,
@@ -108,7 +108,8 @@ pub(crate) struct LogCtl {
     compact_cv: Condvar,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
-    durable_tx: watch::Sender<Durable>,
+    /// Sessions waiting for a sequence number to become durable. Lock order: `waiters`, then `durable`.
+    waiters: Mutex<Waiters>,
     /// The delayed-flush deadline whose dead items were swept already.
     swept_flush: AtomicU64,
     /// The compaction thread was woken because the thresholds were crossed.
@@ -168,7 +169,7 @@ impl LogCtl {
             compact_cv: Condvar::new(),
             durable: Mutex::new(Durable::default()),
             durable_cv: Condvar::new(),
-            durable_tx: watch::Sender::new(Durable::default()),
+            waiters: Mutex::new(Waiters::default()),
             swept_flush: AtomicU64::new(0),
             compact_kicked: AtomicBool::new(false),
             #[cfg(test)]
@@ -265,29 +266,34 @@ impl LogCtl {
             return;
         }
         d.seq = seq;
-        let now = *d;
         drop(d);
         self.durable_cv.notify_all();
-        self.durable_tx.send_if_modified(|cur| {
-            let newer = !cur.failed && cur.seq < now.seq;
-            if newer {
-                *cur = now;
-            }
-            newer
-        });
+        self.wake_waiters();
+    }
+
+    /// Wakes the sessions whose wait the durable position now answers: those it covers, or all after a
+    /// failure. Reads the position under the waiters' lock, so a session that registers after this either
+    /// sees it or is woken by a later call.
+    fn wake_waiters(&self) {
+        let wakers = {
+            let mut w = lock(&self.waiters);
+            let d = self.durable();
+            if d.failed { w.take_all() } else { w.take_covered(d.seq) }
+        };
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// Group commit: an `fdatasync` failed. What it covered may be lost; no later record counts as durable.
     fn fail(&self) {
         lock(&self.durable).failed = true;
         self.durable_cv.notify_all();
-        self.durable_tx.send_modify(|cur| cur.failed = true);
+        self.wake_waiters();
     }
 
     fn publish(&self, d: Durable) {
         *lock(&self.durable) = d;
         self.durable_cv.notify_all();
-        self.durable_tx.send_replace(d);
+        self.wake_waiters();
     }
 
     fn durable(&self) -> Durable {
@@ -924,11 +930,7 @@ impl Store {
     /// Resolves once `seq` is on stable storage (fsync mode); immediately in the other modes.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
         let Some(log) = self.inner.log.as_ref().filter(|l| l.fsync) else { return Ok(()) };
-        let mut rx = log.durable_tx.subscribe();
-        let d = match rx.wait_for(|d| d.seq >= seq || d.failed).await {
-            Ok(d) => *d,
-            Err(_) => return Err(StoreError::Io(io::Error::other("kv store closed"))),
-        };
+        let d = DurableWait { log, seq, id: None }.await;
         durable_result(d, seq)
     }
 
@@ -1052,6 +1054,41 @@ impl Store {
     #[cfg(test)]
     pub(super) fn fail_next_writes(&self, n: u32) {
         lock(&self.inner.log().w).fail_writes = n;
+    }
+}
+
+/// [`Store::wait_durable`]'s wait: registered with the log's waiters while `seq` is not durable, woken once
+/// by the commit that makes it so (or by a failure).
+struct DurableWait<'a> {
+    log: &'a LogCtl,
+    seq: u64,
+    /// The registration with `log.waiters`, once pending.
+    id: Option<u64>,
+}
+
+impl std::future::Future for DurableWait<'_> {
+    type Output = Durable;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Durable> {
+        let this = &mut *self;
+        let mut w = lock(&this.log.waiters);
+        let d = this.log.durable();
+        if d.seq >= this.seq || d.failed {
+            if let Some(id) = this.id.take() {
+                w.remove(this.seq, id);
+            }
+            return std::task::Poll::Ready(d);
+        }
+        this.id = Some(w.register(this.seq, this.id, cx.waker()));
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for DurableWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock(&self.log.waiters).remove(self.seq, id);
+        }
     }
 }
 
