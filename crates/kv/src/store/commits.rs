@@ -237,7 +237,7 @@ mod tests {
         let mut q = CommitQueue::new(1, 0);
         assert!(q.issue(1, t));
         assert_eq!(q.issue_wait(t + ms(100), ms(1)), None, "one in flight at most");
-        assert_eq!(q.complete(1, false).failed, true);
+        assert!(q.complete(1, false).failed);
         assert_eq!(q.issue_wait(t + ms(100), ms(1)), None, "nothing is issued after a failure");
     }
 }
