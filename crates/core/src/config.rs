@@ -103,14 +103,15 @@ pub struct KvConfig {
     pub compact_min_bytes: u64,
     /// Compaction starts when this fraction of the log is garbage.
     pub compact_garbage_ratio: f64,
-    /// `fsync` mode: least time between the starts of two group commits, µs
-    /// (0: a commit starts as soon as a write waits and a commit thread is
-    /// free). A commit still in flight after this long does not hold the
-    /// next one back (see `group_commit_threads`).
+    /// `fsync` mode: a group commit starts as soon as a write waits and no
+    /// commit is running; while one runs, the next starts only once the
+    /// newest running one has run for this long, µs (0: at once, up to
+    /// `group_commit_threads` overlapping). Overlap helps a slow disk; on a
+    /// fast one it only multiplies `fdatasync`s.
     pub group_commit_interval_us: u64,
     /// `fsync` mode: group commits (`fdatasync`s) in flight at once, one per
-    /// thread; 1 commits one at a time. Commits overlap only when one takes
-    /// longer than `group_commit_interval_us`.
+    /// thread; 1 commits one at a time, back to back. Commits overlap only
+    /// when one runs longer than `group_commit_interval_us`.
     pub group_commit_threads: usize,
 }
 

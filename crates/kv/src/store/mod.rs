@@ -30,6 +30,7 @@ mod log;
 mod persist;
 #[cfg(test)]
 mod tests;
+mod waiters;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -79,10 +80,9 @@ pub struct StoreConfig {
     /// Compact when garbage / total log bytes exceeds this (default 0.5).
     pub compact_garbage_ratio: f64,
     /// Fsync mode: a group commit (one fdatasync for every record appended so far) starts as soon as a
-    /// record is waiting and a commit thread is free, and at most once per this interval, whether or not the
-    /// last one returned. Default 0 (the service's default is 1 ms): commits batch naturally (records
-    /// appended during one fdatasync go in the next); a nonzero interval trades latency for fewer
-    /// fdatasyncs, and keeps commits from overlapping while each takes less than the interval.
+    /// record is waiting and no commit is running; while one runs, another starts only once the newest
+    /// running one has run for this long (see the `commits` module). Records appended during one fdatasync
+    /// go in the next. Default 0 (the service sets its own): commits overlap whenever a thread is free.
     pub group_commit_interval: Duration,
     /// Fsync mode: commit threads, so at most this many fdatasyncs in flight at once (1 to
     /// [`MAX_COMMIT_THREADS`]; see the `commits` module). Default 3.

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use tokio::sync::watch;
 
 use super::commits::CommitQueue;
 use super::log::{self, Listing, MAGIC, MAGIC_LEN, Meta, Next, Op, Reader, Record};
+use super::waiters::Waiters;
 use super::{Durability, Entry, Inner, MAX_COMMIT_THREADS, Store, StoreConfig, StoreError, TOUCHED, lock, unix_now};
 
 /// Fsync mode: the group-commit thread keeps this many bytes of zeros written (and, by its next commit,
@@ -42,10 +42,12 @@ struct Bg {
     /// Records were appended since the last commit was issued.
     commit_pending: bool,
     compact_pending: bool,
-    /// The group commits in flight.
+    /// The group commits in flight; also decides when the next may be issued.
     commits: CommitQueue,
-    /// When the last commit was issued (see `StoreConfig::group_commit_interval`).
-    last_issue: Option<Instant>,
+    /// Commit threads waiting for work.
+    idle: usize,
+    /// An idle commit thread was woken and has not run yet: appends do not wake another.
+    kicked: bool,
 }
 
 impl Bg {
@@ -55,7 +57,8 @@ impl Bg {
             commit_pending: false,
             compact_pending: false,
             commits: CommitQueue::new(commit_threads, durable),
-            last_issue: None,
+            idle: 0,
+            kicked: false,
         }
     }
 }
@@ -88,6 +91,8 @@ pub(crate) struct Writer {
 pub(crate) struct LogCtl {
     dir: PathBuf,
     fsync: bool,
+    /// See `StoreConfig::group_commit_interval`.
+    commit_interval: Duration,
     pub(crate) w: Mutex<Writer>,
     /// Mirrors of `w.seq` and `w.bytes`, readable without the writer lock.
     appended: AtomicU64,
@@ -103,7 +108,8 @@ pub(crate) struct LogCtl {
     compact_cv: Condvar,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
-    durable_tx: watch::Sender<Durable>,
+    /// Sessions waiting for a sequence number to become durable. Lock order: `waiters`, then `durable`.
+    waiters: Mutex<Waiters>,
     /// The delayed-flush deadline whose dead items were swept already.
     swept_flush: AtomicU64,
     /// The compaction thread was woken because the thresholds were crossed.
@@ -114,6 +120,9 @@ pub(crate) struct LogCtl {
     /// Tests: commits whose `fdatasync` returned.
     #[cfg(test)]
     commits_done: AtomicU64,
+    /// Tests: when each commit was issued (the first 65,536).
+    #[cfg(test)]
+    issued_at: Mutex<Vec<Instant>>,
 }
 
 /// Fsync mode: commit threads, and so `fdatasync`s of the log in flight at once (see the `commits` module).
@@ -135,6 +144,7 @@ impl LogCtl {
         Ok(LogCtl {
             dir: cfg.dir.clone(),
             fsync: cfg.durability == Durability::Fsync,
+            commit_interval: cfg.group_commit_interval,
             w: Mutex::new(Writer {
                 lock: None,
                 file: None,
@@ -159,13 +169,15 @@ impl LogCtl {
             compact_cv: Condvar::new(),
             durable: Mutex::new(Durable::default()),
             durable_cv: Condvar::new(),
-            durable_tx: watch::Sender::new(Durable::default()),
+            waiters: Mutex::new(Waiters::default()),
             swept_flush: AtomicU64::new(0),
             compact_kicked: AtomicBool::new(false),
             #[cfg(test)]
             hold_next_commit: Mutex::new(None),
             #[cfg(test)]
             commits_done: AtomicU64::new(0),
+            #[cfg(test)]
+            issued_at: Mutex::new(Vec::new()),
         })
     }
 
@@ -217,12 +229,25 @@ impl LogCtl {
         drop(w);
         if self.fsync {
             let mut bg = lock(&self.bg);
-            if !bg.commit_pending {
-                bg.commit_pending = true;
-                self.commit_cv.notify_one();
-            }
+            bg.commit_pending = true;
+            self.kick_commit(&mut bg);
         }
         Ok(())
+    }
+
+    /// Fsync mode, after an append: wakes an idle commit thread if a commit is due now (none running, or the
+    /// newest running one has run for the interval). A commit that is not due yet is issued by the thread
+    /// of the running one when it returns, or on an append after the interval: no thread sleeps on a timer,
+    /// so a fast disk (commits returning within the interval) costs no wake-up beyond the commit's own.
+    fn kick_commit(&self, bg: &mut Bg) {
+        if bg.kicked
+            || bg.idle == 0
+            || bg.commits.issue_wait(Instant::now(), self.commit_interval) != Some(Duration::ZERO)
+        {
+            return;
+        }
+        bg.kicked = true;
+        self.commit_cv.notify_one();
     }
 
     /// Fsync mode, on the group-commit thread after a commit: writes one [`PREALLOC_STEP`] of zeros after
@@ -241,29 +266,34 @@ impl LogCtl {
             return;
         }
         d.seq = seq;
-        let now = *d;
         drop(d);
         self.durable_cv.notify_all();
-        self.durable_tx.send_if_modified(|cur| {
-            let newer = !cur.failed && cur.seq < now.seq;
-            if newer {
-                *cur = now;
-            }
-            newer
-        });
+        self.wake_waiters();
+    }
+
+    /// Wakes the sessions whose wait the durable position now answers: those it covers, or all after a
+    /// failure. Reads the position under the waiters' lock, so a session that registers after this either
+    /// sees it or is woken by a later call.
+    fn wake_waiters(&self) {
+        let wakers = {
+            let mut w = lock(&self.waiters);
+            let d = self.durable();
+            if d.failed { w.take_all() } else { w.take_covered(d.seq) }
+        };
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// Group commit: an `fdatasync` failed. What it covered may be lost; no later record counts as durable.
     fn fail(&self) {
         lock(&self.durable).failed = true;
         self.durable_cv.notify_all();
-        self.durable_tx.send_modify(|cur| cur.failed = true);
+        self.wake_waiters();
     }
 
     fn publish(&self, d: Durable) {
         *lock(&self.durable) = d;
         self.durable_cv.notify_all();
-        self.durable_tx.send_replace(d);
+        self.wake_waiters();
     }
 
     fn durable(&self) -> Durable {
@@ -729,12 +759,13 @@ impl Inner {
     }
 }
 
-/// One of the `group_commit_threads` group-commit threads: issues an `fdatasync` as soon as records were appended
-/// since the last one was issued (and the interval allows), whether or not other commits are still in
-/// flight, and retires commits in issue order (see the `commits` module).
+/// One of the `group_commit_threads` group-commit threads: issues an `fdatasync` once records were appended
+/// since the last one was issued, at once if no other is running, else once the newest running one has run
+/// for `group_commit_interval` (see the `commits` module and `LogCtl::kick_commit`), and retires commits in
+/// issue order.
 fn commit_loop(inner: Arc<Inner>) {
     let log = inner.log();
-    let interval = inner.cfg.group_commit_interval;
+    let interval = log.commit_interval;
     loop {
         let (seq, file) = {
             let mut bg = lock(&log.bg);
@@ -742,15 +773,13 @@ fn commit_loop(inner: Arc<Inner>) {
                 if bg.stop {
                     return; // the stopper makes the final sync
                 }
-                if bg.commit_pending && bg.commits.has_room() {
-                    let wait = bg.last_issue.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()));
-                    if wait.is_zero() {
-                        break;
-                    }
-                    bg = log.commit_cv.wait_timeout(bg, wait).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-                } else {
-                    bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
+                if bg.commit_pending && bg.commits.issue_wait(Instant::now(), interval) == Some(Duration::ZERO) {
+                    break;
                 }
+                bg.idle += 1;
+                bg = log.commit_cv.wait(bg).unwrap_or_else(std::sync::PoisonError::into_inner);
+                bg.idle -= 1;
+                bg.kicked = false;
             }
             bg.commit_pending = false;
             // Read under the queue's lock, so that commits are issued in the order of what they cover. Every
@@ -760,10 +789,17 @@ fn commit_loop(inner: Arc<Inner>) {
                 (w.seq, w.file.clone())
             };
             let Some(file) = file else { continue };
-            if !bg.commits.issue(seq) {
+            let now = Instant::now();
+            if !bg.commits.issue(seq, now) {
                 continue;
             }
-            bg.last_issue = Some(Instant::now());
+            #[cfg(test)]
+            {
+                let mut at = lock(&log.issued_at);
+                if at.len() < 1 << 16 {
+                    at.push(now);
+                }
+            }
             (seq, file)
         };
         #[cfg(test)]
@@ -777,7 +813,8 @@ fn commit_loop(inner: Arc<Inner>) {
         if let Err(e) = &res {
             tracing::error!(error = %e, "kv log: fdatasync failed; refusing further writes");
         }
-        // Records appended while the queue was full are this thread's to commit next: it looks again first.
+        // Records appended while this commit ran are this thread's to commit next: it looks again first, and
+        // with no other commit running issues at once.
         let retired = lock(&log.bg).commits.complete(seq, res.is_ok());
         #[cfg(test)]
         log.commits_done.fetch_add(1, Relaxed);
@@ -898,11 +935,7 @@ impl Store {
     /// Resolves once `seq` is on stable storage (fsync mode); immediately in the other modes.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), StoreError> {
         let Some(log) = self.inner.log.as_ref().filter(|l| l.fsync) else { return Ok(()) };
-        let mut rx = log.durable_tx.subscribe();
-        let d = match rx.wait_for(|d| d.seq >= seq || d.failed).await {
-            Ok(d) => *d,
-            Err(_) => return Err(StoreError::Io(io::Error::other("kv store closed"))),
-        };
+        let d = DurableWait { log, seq, id: None }.await;
         durable_result(d, seq)
     }
 
@@ -1017,9 +1050,50 @@ impl Store {
         self.inner.log().commits_done.load(Relaxed)
     }
 
+    /// Tests: when each group commit was issued, in issue order.
+    #[cfg(test)]
+    pub(super) fn commit_issue_times(&self) -> Vec<Instant> {
+        lock(&self.inner.log().issued_at).clone()
+    }
+
     #[cfg(test)]
     pub(super) fn fail_next_writes(&self, n: u32) {
         lock(&self.inner.log().w).fail_writes = n;
+    }
+}
+
+/// [`Store::wait_durable`]'s wait: registered with the log's waiters while `seq` is not durable, woken once
+/// by the commit that makes it so (or by a failure).
+struct DurableWait<'a> {
+    log: &'a LogCtl,
+    seq: u64,
+    /// The registration with `log.waiters`, once pending.
+    id: Option<u64>,
+}
+
+impl std::future::Future for DurableWait<'_> {
+    type Output = Durable;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Durable> {
+        let this = &mut *self;
+        let mut w = lock(&this.log.waiters);
+        let d = this.log.durable();
+        if d.seq >= this.seq || d.failed {
+            if let Some(id) = this.id.take() {
+                w.remove(this.seq, id);
+            }
+            return std::task::Poll::Ready(d);
+        }
+        this.id = Some(w.register(this.seq, this.id, cx.waker()));
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for DurableWait<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            lock(&self.log.waiters).remove(self.seq, id);
+        }
     }
 }
 

@@ -461,6 +461,55 @@ fn overlapping_commits_acknowledge_in_issue_order() {
     assert_eq!(s.commits_done(), 2);
 }
 
+/// The issue policy: with no commit running, a pending record is committed at once, however long the interval;
+/// while one runs (held here), the next is issued only once the running one has run for the interval (on an
+/// append after it).
+#[test]
+fn commit_issue_policy() {
+    // No commit running: at once. The interval counting from the last issue would make the second set wait
+    // about a minute.
+    let d = tempfile::tempdir().unwrap();
+    let c = StoreConfig { group_commit_interval: Duration::from_secs(60), ..cfg(d.path(), Durability::Fsync) };
+    let s = Store::open(c).unwrap();
+    let start = Instant::now();
+    for k in [&b"a"[..], b"b", b"c"] {
+        s.store(Mode::Set, k, 0, 0, Bytes::from_static(b"v"), now()).unwrap();
+        s.wait_durable_blocking(s.appended_seq()).unwrap();
+    }
+    assert!(start.elapsed() < Duration::from_secs(30), "a commit waited for the interval with none running");
+    assert_eq!(s.commit_issue_times().len(), 3);
+    drop(s);
+
+    // One running: the next waits for the interval, then overlaps it.
+    let interval = Duration::from_millis(300);
+    let d = tempfile::tempdir().unwrap();
+    let c =
+        StoreConfig { group_commit_interval: interval, group_commit_threads: 2, ..cfg(d.path(), Durability::Fsync) };
+    let s = Store::open(c).unwrap();
+    let release = s.hold_next_commit();
+    s.store(Mode::Set, b"first", 0, 0, Bytes::from_static(b"1"), now()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.commit_held() {
+        assert!(Instant::now() < deadline, "the first commit was never issued");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Sets keep coming, one a millisecond: the second commit is issued (by an append after the interval)
+    // while the first is still held, and returns.
+    let mut i = 0u32;
+    while s.commits_done() < 1 {
+        assert!(Instant::now() < deadline, "the second commit was never issued while the first ran");
+        i += 1;
+        s.store(Mode::Set, format!("k{i}").as_bytes(), 0, 0, Bytes::from_static(b"2"), now()).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let second = s.appended_seq();
+    let at = s.commit_issue_times();
+    assert_eq!(at.len(), 2);
+    assert!(at[1] - at[0] >= interval, "the second commit was issued {:?} after the first", at[1] - at[0]);
+    release.send(()).unwrap();
+    s.wait_durable_blocking(second).unwrap();
+}
+
 /// The index's cost per get, without the network: 200,000 items of 16-byte keys and 100-byte values (the
 /// benchmark's), then gets of random keys, one thread; the best of five passes (the least disturbed by other
 /// load). `cargo test --release -p ferry-kv get_bench -- --ignored --nocapture`
