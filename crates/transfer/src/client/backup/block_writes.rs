@@ -123,7 +123,10 @@ impl Outstanding {
     fn add(&self) {
         let mut state = self.lock();
         state.writes += 1;
-        assert!(state.writes <= MAX_BLOCKS, "more block writes of one file than blocks exist");
+        // Each counted write holds a pooled block, except that a disk thread
+        // returns its block just before it counts the write done (at most
+        // one such write per thread).
+        assert!(state.writes <= MAX_BLOCKS + WRITES_IN_FLIGHT, "more block writes of one file than blocks exist");
     }
 
     fn done(&self, result: io::Result<()>) {
