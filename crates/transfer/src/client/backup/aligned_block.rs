@@ -23,9 +23,10 @@ pub(super) const ALIGN: usize = 4096;
 /// the node's CPU per GiB that 1 MiB blocks took, and 4 MiB 0.90 of 2 MiB.
 pub(super) const BLOCK: usize = 4 << 20;
 /// Pooled blocks that exist at once: one being filled, one queued for the
-/// writer, one being written. A reader that finds none waits for the
-/// writer to finish one, so the disk paces the socket.
-pub(super) const MAX_BLOCKS: usize = 3;
+/// writer, two being written (`block_writes::WRITES_IN_FLIGHT`). A reader
+/// that finds none waits for the disk to finish one, so the disk paces the
+/// socket.
+pub(super) const MAX_BLOCKS: usize = 4;
 
 /// A [`BLOCK`]-sized buffer whose first byte is [`ALIGN`]-aligned, and the
 /// bytes filled in it from its start.

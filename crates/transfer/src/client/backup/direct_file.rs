@@ -18,11 +18,13 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, PosixFadviseAdvice, fcntl, posix_fadvise};
 
-use super::aligned_block::{ALIGN, AlignedBlock, BLOCK};
+use super::aligned_block::{ALIGN, AlignedBlock, BLOCK, PooledBlock};
+use super::block_writes::{BlockWrites, Outstanding};
 
 /// Files written with `O_DIRECT` at once: each holds a [`BLOCK`] buffer,
 /// so this bounds that memory (16 MiB); further files are written buffered.
@@ -33,9 +35,16 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// A file written sequentially from offset 0.
 pub(super) struct SequentialFile {
-    file: File,
+    /// Shared with the disk threads while they write blocks of it.
+    file: Arc<File>,
     /// `Some` while writes go through `O_DIRECT`.
     direct: Option<AlignedBlock>,
+    /// An `O_DIRECT` write of this file succeeded: further whole blocks may
+    /// go to the disk threads (a refusal can no longer come as a fallback).
+    proven: bool,
+    /// Block writes on the disk threads; every other write, and the end,
+    /// waits for them first.
+    outstanding: Arc<Outstanding>,
     /// Bytes handed to [`SequentialFile::write`] so far.
     written: u64,
     /// Buffered mode: bytes whose writeback was started.
@@ -63,7 +72,8 @@ impl SequentialFile {
             },
             None => (open(OFlag::empty())?, None),
         };
-        Ok(SequentialFile { file, direct, written: 0, flushed: 0 })
+        let outstanding = Arc::new(Outstanding::default());
+        Ok(SequentialFile { file: Arc::new(file), direct, proven: false, outstanding, written: 0, flushed: 0 })
     }
 
     /// Whether writes go through `O_DIRECT` (false after a fallback).
@@ -73,6 +83,7 @@ impl SequentialFile {
 
     /// Appends `data`.
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.outstanding.wait()?;
         while !data.is_empty() {
             let Some(block) = self.direct.as_mut() else {
                 return self.write_buffered(data);
@@ -94,6 +105,7 @@ impl SequentialFile {
     /// unaligned tail is gathered. Otherwise the same as
     /// [`SequentialFile::write`].
     pub fn write_aligned(&mut self, data: &[u8]) -> io::Result<()> {
+        self.outstanding.wait()?;
         let straight = self.direct.as_ref().is_some_and(|block| block.len() == 0)
             && self.written % ALIGN as u64 == 0
             && (data.as_ptr() as usize) % ALIGN == 0;
@@ -103,6 +115,7 @@ impl SequentialFile {
         }
         match self.file.write_all_at(&data[..aligned], self.written) {
             Ok(()) => {
+                self.proven = true;
                 self.written += aligned as u64;
                 self.write(&data[aligned..])
             }
@@ -117,8 +130,29 @@ impl SequentialFile {
         }
     }
 
+    /// Appends a pooled block's bytes (the block goes back to the pool once
+    /// written). A whole aligned block at an aligned offset of a file whose
+    /// `O_DIRECT` writes have been seen to work goes to the disk threads and
+    /// this returns at once; anything else is [`SequentialFile::write_aligned`].
+    pub fn write_block_from(&mut self, block: PooledBlock, writes: &BlockWrites) -> io::Result<()> {
+        let len = block.len();
+        let handed = self.proven
+            && self.direct.as_ref().is_some_and(|gathered| gathered.len() == 0)
+            && self.written % ALIGN as u64 == 0
+            && len > 0
+            && len % ALIGN == 0
+            && (block.filled().as_ptr() as usize) % ALIGN == 0;
+        if !handed {
+            return self.write_aligned(block.filled());
+        }
+        writes.submit(&self.file, self.written, block, &self.outstanding);
+        self.written += len as u64;
+        Ok(())
+    }
+
     /// Writes what is gathered and returns the file, ready to be fsynced.
-    pub fn finish(mut self) -> io::Result<File> {
+    pub fn finish(mut self) -> io::Result<Arc<File>> {
+        self.outstanding.wait()?;
         let filled = self.direct.as_ref().map_or(0, AlignedBlock::len);
         let aligned = filled / ALIGN * ALIGN;
         if aligned > 0 {
@@ -144,6 +178,7 @@ impl SequentialFile {
         assert!(at % ALIGN as u64 == 0, "a direct write at offset {at}");
         match self.file.write_all_at(&block.filled()[..len], at) {
             Ok(()) => {
+                self.proven = true;
                 block.consume(len);
                 Ok(())
             }
@@ -166,16 +201,16 @@ impl SequentialFile {
             // without waiting for it (and lets the kernel drop the pages
             // once clean: a backup is written, not read). Only a hint.
             let (from, len) = (self.flushed as i64, (self.written - self.flushed) as i64);
-            let _ = posix_fadvise(&self.file, from, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            let _ = posix_fadvise(&*self.file, from, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
             self.flushed = self.written;
         }
         Ok(())
     }
 
     fn clear_direct(&self) -> io::Result<()> {
-        let flags = fcntl(&self.file, FcntlArg::F_GETFL)?;
+        let flags = fcntl(&*self.file, FcntlArg::F_GETFL)?;
         let flags = OFlag::from_bits_truncate(flags) - OFlag::O_DIRECT;
-        fcntl(&self.file, FcntlArg::F_SETFL(flags))?;
+        fcntl(&*self.file, FcntlArg::F_SETFL(flags))?;
         Ok(())
     }
 }
@@ -277,7 +312,7 @@ mod tests {
         let mut f = SequentialFile::create(&tmp.path().join("f"), true).unwrap();
         f.write(&pattern(ALIGN + 1)).unwrap();
         let file = f.finish().unwrap();
-        let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL).unwrap());
+        let flags = OFlag::from_bits_truncate(fcntl(&*file, FcntlArg::F_GETFL).unwrap());
         assert!(!flags.contains(OFlag::O_DIRECT));
     }
 }

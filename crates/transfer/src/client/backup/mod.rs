@@ -4,6 +4,7 @@
 //! connection ends, for as long as it runs.
 
 mod aligned_block;
+mod block_writes;
 mod direct_file;
 mod direct_receive;
 mod link;

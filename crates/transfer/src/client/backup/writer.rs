@@ -17,6 +17,7 @@ use ferry_files::{SafeName, StoreError};
 use tokio::sync::mpsc;
 
 use super::aligned_block::PooledBlock;
+use super::block_writes::BlockWrites;
 use super::direct_file::{MAX_DIRECT_FILES, SequentialFile};
 use super::manifest::{Entry, Manifest};
 use super::node_dir::BackupDir;
@@ -116,10 +117,12 @@ impl Writer {
         // replies before each op it sends: this never fills.
         let (replies_tx, replies) = mpsc::channel(2 * OPS_DEPTH + 16);
         let manifest = Manifest::load(&dir.manifest_path());
+        let disk = BlockWrites::start().map_err(|e| format!("cannot start the disk threads: {e}"))?;
         let thread = std::thread::Builder::new()
             .name("ferry-backup-writer".into())
             .spawn(move || {
-                let mut state = State { dir, manifest, dirty: false, saved: Instant::now(), open: HashMap::new() };
+                let mut state =
+                    State { dir, manifest, dirty: false, saved: Instant::now(), open: HashMap::new(), disk };
                 state.serve(ops_rx, replies_tx);
             })
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
@@ -141,6 +144,18 @@ struct State {
     dirty: bool,
     saved: Instant,
     open: HashMap<u64, Open>,
+    /// Whole blocks are written on these threads, two at a time.
+    disk: BlockWrites,
+}
+
+/// Bytes appended to a transfer.
+enum Piece<'a> {
+    /// A frame's bytes (copied into the file's gathering block, or written
+    /// buffered).
+    Bytes(&'a [u8]),
+    /// A block the connection received straight into: written from where
+    /// it lies, by the disk threads when it is whole and aligned.
+    Block(PooledBlock),
 }
 
 impl State {
@@ -186,9 +201,9 @@ impl State {
                 Some(Reply::Inventory(result))
             }
             Op::Begin { transfer, name, size } => self.begin(transfer, name, size),
-            Op::Data { transfer, offset, data } => self.data(transfer, offset, &data, false),
-            // The block goes back to the pool when this returns.
-            Op::Block { transfer, offset, block } => self.data(transfer, offset, block.filled(), true),
+            Op::Data { transfer, offset, data } => self.data(transfer, offset, Piece::Bytes(&data)),
+            // The block goes back to the pool once written.
+            Op::Block { transfer, offset, block } => self.data(transfer, offset, Piece::Block(block)),
             Op::Done { transfer, size, blake3, etag } => Some(self.done(transfer, size, &blake3, etag)),
             Op::Abort { transfer } => {
                 if let Some(open) = self.open.remove(&transfer) {
@@ -235,9 +250,13 @@ impl State {
         None
     }
 
-    /// Appends bytes to a transfer; `aligned`: `data` starts at an aligned
-    /// address (an [`Op::Block`]).
-    fn data(&mut self, transfer: u64, offset: u64, data: &[u8], aligned: bool) -> Option<Reply> {
+    /// Appends bytes to a transfer. They are hashed here, in order, before a
+    /// block goes to the disk threads.
+    fn data(&mut self, transfer: u64, offset: u64, piece: Piece<'_>) -> Option<Reply> {
+        let data: &[u8] = match &piece {
+            Piece::Bytes(data) => data,
+            Piece::Block(block) => block.filled(),
+        };
         let Some(open) = self.open.get_mut(&transfer) else {
             return Some(Reply::Fatal(ErrorCode::BadCommand, format!("BACKUPDATA for unknown transfer {transfer}")));
         };
@@ -250,17 +269,17 @@ impl State {
             let msg = format!("transfer {transfer} passes its size of {} bytes", open.size.unwrap_or(0));
             return Some(Reply::Fatal(ErrorCode::TooLarge, msg));
         }
-        let written = match &mut open.file {
-            Some(file) if aligned => file.write_aligned(data),
-            Some(file) => file.write(data),
-            None => Ok(()),
+        open.hasher.update(data);
+        open.written = end;
+        let written = match (&mut open.file, piece) {
+            (Some(file), Piece::Block(block)) => file.write_block_from(block, &self.disk),
+            (Some(file), Piece::Bytes(data)) => file.write(data),
+            (None, _) => Ok(()),
         };
         if let Err(e) = written {
             open.error = Some(format!("cannot write {}: {e}", open.path.display()));
             open.file = None;
         }
-        open.hasher.update(data);
-        open.written = end;
         None
     }
 
@@ -322,7 +341,8 @@ mod tests {
 
     fn state(dir: &std::path::Path) -> State {
         let dir = BackupDir::open(dir, true).unwrap();
-        State { manifest: Manifest::default(), dir, dirty: false, saved: Instant::now(), open: HashMap::new() }
+        let disk = BlockWrites::start().unwrap();
+        State { manifest: Manifest::default(), dir, dirty: false, saved: Instant::now(), open: HashMap::new(), disk }
     }
 
     fn digest(data: &[u8]) -> String {
