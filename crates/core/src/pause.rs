@@ -10,15 +10,6 @@
 //! ([`PauseSignal::with_own`]): a streamed live upgrade pauses sessions a
 //! batch at a time, and one accept loop at a time, while the others keep
 //! serving.
-//!
-//! Sessions ask at every safe point (once per request), so the answer is a
-//! plain atomic load of a value the trigger writes before it signals the
-//! watch; the watch is only for waking. (Borrowing a watch takes its read
-//! lock, an atomic read-modify-write on a line every session on every
-//! thread writes: a cross-core cache-line transfer per request.)
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -33,80 +24,41 @@ pub enum PauseReason {
     Shutdown,
 }
 
-/// The pause in force, as one byte any thread reads without a lock.
-#[derive(Debug, Default)]
-struct Current(AtomicU8);
-
-impl Current {
-    const NONE: u8 = 0;
-    const UPGRADE: u8 = 1;
-    const SHUTDOWN: u8 = 2;
-
-    fn set(&self, reason: Option<PauseReason>) {
-        let v = match reason {
-            None => Current::NONE,
-            Some(PauseReason::Upgrade) => Current::UPGRADE,
-            Some(PauseReason::Shutdown) => Current::SHUTDOWN,
-        };
-        self.0.store(v, Ordering::Release);
-    }
-
-    fn get(&self) -> Option<PauseReason> {
-        match self.0.load(Ordering::Acquire) {
-            Current::UPGRADE => Some(PauseReason::Upgrade),
-            Current::SHUTDOWN => Some(PauseReason::Shutdown),
-            _ => None,
-        }
-    }
-}
-
 /// The runtime's side: raises and lowers the pause.
 #[derive(Debug)]
 pub struct PauseTrigger {
     tx: watch::Sender<Option<PauseReason>>,
-    /// Written before `tx` is sent to, so that a session woken by `tx` reads the new value here.
-    current: Arc<Current>,
 }
 
 /// A session's side: asks whether to pause, or waits until it should.
 #[derive(Clone, Debug)]
 pub struct PauseSignal {
     rx: watch::Receiver<Option<PauseReason>>,
-    current: Arc<Current>,
     /// This session's (or accept loop's) own trigger, if it has one.
-    own: Option<(watch::Receiver<Option<PauseReason>>, Arc<Current>)>,
+    own: Option<watch::Receiver<Option<PauseReason>>>,
 }
 
 impl PauseTrigger {
     pub fn new() -> PauseTrigger {
         let (tx, _rx) = watch::channel(None);
-        PauseTrigger { tx, current: Arc::default() }
+        PauseTrigger { tx }
     }
 
     pub fn signal(&self) -> PauseSignal {
-        PauseSignal { rx: self.tx.subscribe(), current: Arc::clone(&self.current), own: None }
+        PauseSignal { rx: self.tx.subscribe(), own: None }
     }
 
     pub fn pause(&self, reason: PauseReason) {
-        self.set(Some(reason));
+        self.tx.send_replace(Some(reason));
     }
 
     /// Lifts the pause; sessions that have not parked yet carry on.
     pub fn resume(&self) {
-        self.set(None);
+        self.tx.send_replace(None);
     }
 
     pub fn current(&self) -> Option<PauseReason> {
-        self.current.get()
-    }
-
-    fn set(&self, reason: Option<PauseReason>) {
-        // Under the watch's write lock: callers racing to pause and resume leave the byte and the watch
-        // with the same value, and the byte is written before any waiter is woken.
-        self.tx.send_modify(|v| {
-            self.current.set(reason);
-            *v = reason;
-        });
+        *self.tx.borrow()
     }
 }
 
@@ -120,22 +72,19 @@ impl PauseSignal {
     /// A signal that never fires, for sessions driven outside a server.
     pub fn never() -> PauseSignal {
         let (_tx, rx) = watch::channel(None);
-        PauseSignal { rx, current: Arc::default(), own: None }
+        PauseSignal { rx, own: None }
     }
 
     /// This signal, also firing when `own` is pulled: the server-wide pause
     /// or a pause of this one holder, whichever comes first.
     pub fn with_own(&self, own: &PauseTrigger) -> PauseSignal {
-        PauseSignal {
-            rx: self.rx.clone(),
-            current: Arc::clone(&self.current),
-            own: Some((own.tx.subscribe(), Arc::clone(&own.current))),
-        }
+        PauseSignal { rx: self.rx.clone(), own: Some(own.tx.subscribe()) }
     }
 
-    /// The pause in force, if any. Two atomic loads at most, no lock: cheap enough for every request.
+    /// The pause in force, if any.
     pub fn requested(&self) -> Option<PauseReason> {
-        self.current.get().or_else(|| self.own.as_ref().and_then(|(_, own)| own.get()))
+        let own = self.own.as_ref().and_then(|own| *own.borrow());
+        (*self.rx.borrow()).or(own)
     }
 
     /// Completes once a pause is requested. Cancel-safe. If the trigger is
@@ -143,7 +92,7 @@ impl PauseSignal {
     /// than completing at once and turning callers' loops into spins).
     pub async fn wait(&mut self) -> PauseReason {
         match &mut self.own {
-            Some((own, _)) => tokio::select! {
+            Some(own) => tokio::select! {
                 reason = wait_on(&mut self.rx) => reason,
                 reason = wait_on(own) => reason,
             },
@@ -194,27 +143,6 @@ mod tests {
         assert_eq!(mine.requested(), None);
         server.pause(PauseReason::Shutdown);
         assert_eq!(mine.wait().await, PauseReason::Shutdown);
-    }
-
-    /// Every reason reads back as sent, and a signal made after the pause
-    /// sees it too.
-    #[test]
-    fn requested_reads_what_was_sent_last() {
-        let trigger = PauseTrigger::new();
-        let own = PauseTrigger::new();
-        let before = trigger.signal().with_own(&own);
-        for reason in [PauseReason::Shutdown, PauseReason::Upgrade] {
-            trigger.pause(reason);
-            assert_eq!(before.requested(), Some(reason));
-            assert_eq!(trigger.signal().requested(), Some(reason));
-            assert_eq!(trigger.current(), Some(reason));
-        }
-        trigger.resume();
-        assert_eq!(before.requested(), None);
-        own.pause(PauseReason::Shutdown);
-        assert_eq!(before.requested(), Some(PauseReason::Shutdown));
-        trigger.pause(PauseReason::Upgrade);
-        assert_eq!(before.requested(), Some(PauseReason::Upgrade), "the server-wide pause first");
     }
 
     #[tokio::test]
