@@ -12,7 +12,7 @@ use ferry_core::{Conn, Service, SessionCtx, SessionEnd};
 use crate::commands::ServerInfo;
 use crate::protocol::Limits;
 use crate::session::{KvState, STATE_FORMAT};
-use crate::stats::{KvStats, StatsWriter};
+use crate::stats::KvStats;
 use crate::store::{Durability, Store, StoreConfig, StoreError};
 use crate::workers::{SessionWorkers, worker_count};
 
@@ -60,7 +60,7 @@ impl KvService {
         };
         Ok(Arc::new(KvService {
             store: Arc::new(store),
-            stats: KvStats::new(worker_count()),
+            stats: KvStats::default(),
             config,
             limits,
             info,
@@ -71,12 +71,6 @@ impl KvService {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
-    }
-
-    /// The stats slot for a session starting on the calling thread: its worker's own, or the shared one.
-    pub(crate) fn stats_writer(&self) -> StatsWriter<'_> {
-        let worker = self.workers.get().and_then(Option::as_ref).and_then(SessionWorkers::current);
-        self.stats.writer(worker)
     }
 }
 

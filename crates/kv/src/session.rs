@@ -19,7 +19,7 @@ use crate::commands::{Ctx, Next, execute};
 use crate::polled_when_woken::PolledWhenWoken;
 use crate::protocol::{Parse, parse};
 use crate::service::KvService;
-use crate::stats::Stat;
+use crate::stats::KvStats;
 
 /// Version of [`KvState`]'s layout.
 pub const STATE_FORMAT: u32 = 1;
@@ -51,9 +51,10 @@ pub(crate) async fn run(
     resume: Option<KvState>,
     mut ctx: SessionCtx,
 ) -> SessionEnd<KvState> {
-    svc.stats.add_connection();
+    KvStats::add(&svc.stats.curr_connections, 1);
+    KvStats::add(&svc.stats.total_connections, 1);
     let end = serve(&svc, &mut conn, resume, &mut ctx).await;
-    svc.stats.remove_connection();
+    svc.stats.curr_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     match end {
         Some(state) => SessionEnd::Paused(Parked { conn: conn.into_parts(), state }),
         None => {
@@ -71,8 +72,6 @@ async fn serve(
     ctx: &mut SessionCtx,
 ) -> Option<KvState> {
     let limits = svc.limits;
-    // Taken here, on the thread the session runs on to its end.
-    let stats = svc.stats_writer();
     let idle = (svc.config.idle_timeout_secs > 0).then(|| Duration::from_secs(svc.config.idle_timeout_secs));
     let mut swallow = resume.map(|s| s.swallow).unwrap_or(0);
     let mut deadline = idle.map(|d| Instant::now() + d);
@@ -115,11 +114,11 @@ async fn serve(
                     break;
                 }
                 Parse::Request { req, consumed } => {
-                    stats.add(Stat::BytesRead, consumed as u64);
+                    KvStats::add(&svc.stats.bytes_read, consumed as u64);
                     let flushes = req.flushes();
                     let mut cx = Ctx {
                         store: &svc.store,
-                        stats: &stats,
+                        stats: &svc.stats,
                         now,
                         out: &mut out,
                         server: &svc.info,
@@ -169,7 +168,7 @@ async fn serve(
             }
         }
         if !out.is_empty() {
-            stats.add(Stat::BytesWritten, out.len() as u64);
+            KvStats::add(&svc.stats.bytes_written, out.len() as u64);
             if need_input && !close && out.len() <= OUT_KEEP {
                 // The client waits for this reply before it sends more (one
                 // request in flight): send it now, straight from `out`, so

@@ -17,10 +17,9 @@
 //! held for a moment; nothing in a kv session blocks its thread for longer
 //! than a log write.
 
-use std::cell::Cell;
 use std::io;
 use std::num::NonZero;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
@@ -33,14 +32,6 @@ pub fn worker_count() -> usize {
     std::thread::available_parallelism().map_or(1, NonZero::get).clamp(1, MAX_WORKERS)
 }
 
-/// Tells apart the worker sets of a process (tests open several services).
-static NEXT_SET: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// On a worker thread: its set's id and its index in the set.
-    static CURRENT: Cell<Option<(u64, usize)>> = const { Cell::new(None) };
-}
-
 /// Running worker threads. Dropping this stops them: each runtime then
 /// drops the sessions it still runs (by then the process is exiting, or a
 /// test is done with its service).
@@ -50,8 +41,6 @@ pub struct SessionWorkers {
     /// Dropped with `self`: each worker's `block_on` returns.
     _stops: Vec<oneshot::Sender<()>>,
     next: AtomicUsize,
-    /// This set's id, as its threads know it ([`SessionWorkers::current`]).
-    id: u64,
 }
 
 impl SessionWorkers {
@@ -60,26 +49,17 @@ impl SessionWorkers {
         assert!((1..=MAX_WORKERS).contains(&count), "worker count {count} out of range");
         let mut handles = Vec::with_capacity(count);
         let mut stops = Vec::with_capacity(count);
-        let id = NEXT_SET.fetch_add(1, Ordering::Relaxed);
         for i in 0..count {
             let runtime = Builder::new_current_thread().enable_all().build()?;
             handles.push(runtime.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
             std::thread::Builder::new().name(format!("ferry-kv-{i}")).spawn(move || {
-                CURRENT.set(Some((id, i)));
                 // Either way the sender is gone or has spoken: stop.
                 let _ = runtime.block_on(stopped);
             })?;
         }
-        Ok(SessionWorkers { handles, _stops: stops, next: AtomicUsize::new(0), id })
-    }
-
-    /// The index of the worker of this set the calling thread is, if it is one. A session asks once, at its
-    /// start: it runs on that thread to its end (a current-thread runtime never moves a task), so what
-    /// belongs to the worker (its stats slot) is the session's alone on that thread.
-    pub fn current(&self) -> Option<usize> {
-        CURRENT.get().filter(|&(set, _)| set == self.id).map(|(_, i)| i)
+        Ok(SessionWorkers { handles, _stops: stops, next: AtomicUsize::new(0) })
     }
 
     /// The runtime of the worker whose turn it is to take a session.
@@ -98,7 +78,6 @@ impl SessionWorkers {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
-    use std::sync::Arc;
     use std::time::Duration;
 
     /// Sessions are dealt to the workers in turn, each runs on its own
@@ -141,24 +120,6 @@ mod tests {
             names.insert(name);
         }
         assert_eq!(names.len(), 3);
-    }
-
-    /// A worker thread knows its index in its own set only.
-    #[test]
-    fn a_worker_knows_its_index_in_its_own_set() {
-        let workers = Arc::new(SessionWorkers::start(2).unwrap());
-        let other = SessionWorkers::start(1).unwrap();
-        assert_eq!(workers.current(), None, "the test thread is no worker");
-        for want in [0, 1, 0] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let w = Arc::clone(&workers);
-            workers.next().spawn(async move { tx.send(w.current()).unwrap() });
-            assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Some(want));
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let w = Arc::clone(&workers);
-        other.next().spawn(async move { tx.send(w.current()).unwrap() });
-        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), None, "a worker of another set");
     }
 
     #[test]

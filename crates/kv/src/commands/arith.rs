@@ -2,21 +2,22 @@
 //! at 0, a value that is not a number is refused.
 
 use super::{Ctx, answer};
-use crate::stats::Stat;
+use crate::stats::KvStats;
 use crate::store::Arith;
 
 pub(super) fn arith(cx: &mut Ctx<'_>, incr: bool, key: &[u8], delta: u64, noreply: bool) {
     cx.wrote = true;
-    let (hits, misses) = if incr { (Stat::IncrHits, Stat::IncrMisses) } else { (Stat::DecrHits, Stat::DecrMisses) };
+    let (hits, misses) =
+        if incr { (&cx.stats.incr_hits, &cx.stats.incr_misses) } else { (&cx.stats.decr_hits, &cx.stats.decr_misses) };
     let number;
     let result: Result<&[u8], _> = match cx.store.arith(key, incr, delta, cx.now, None) {
         Ok((Arith::Value(v), _)) => {
-            cx.stats.add(hits, 1);
+            KvStats::add(hits, 1);
             number = format!("{v}\r\n");
             Ok(number.as_bytes())
         }
         Ok((Arith::NotFound, _)) => {
-            cx.stats.add(misses, 1);
+            KvStats::add(misses, 1);
             Ok(b"NOT_FOUND\r\n")
         }
         Ok((Arith::NonNumeric, _)) => Ok(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),

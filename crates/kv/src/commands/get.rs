@@ -4,7 +4,7 @@ use bytes::BufMut;
 
 use super::{Ctx, expiry, server_error};
 use crate::protocol::Keys;
-use crate::stats::Stat;
+use crate::stats::KvStats;
 
 /// Values up to this size are copied into the reply under the shard lock (no allocation per hit); larger
 /// ones are shared out and copied after the lock is released, so that a big copy holds up no other key.
@@ -12,7 +12,7 @@ const COPY_UNDER_LOCK: usize = 16 << 10;
 
 pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Option<i64>) {
     for key in keys.iter() {
-        cx.stats.add(Stat::CmdGet, 1);
+        KvStats::add(&cx.stats.cmd_get, 1);
         let hit = match touch {
             None => {
                 let out = &mut *cx.out;
@@ -28,7 +28,7 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Optio
                 })
             }
             Some(exptime) => {
-                cx.stats.add(Stat::CmdTouch, 1);
+                KvStats::add(&cx.stats.cmd_touch, 1);
                 cx.wrote = true;
                 match cx.store.get_and_touch(key, expiry(exptime, cx.now), cx.now) {
                     Ok(item) => item.map(|item| {
@@ -44,9 +44,9 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Optio
         };
         match hit {
             Some(value) => {
-                cx.stats.add(Stat::GetHits, 1);
+                KvStats::add(&cx.stats.get_hits, 1);
                 if touch.is_some() {
-                    cx.stats.add(Stat::TouchHits, 1);
+                    KvStats::add(&cx.stats.touch_hits, 1);
                 }
                 if let Some(value) = value {
                     cx.out.put_slice(&value);
@@ -54,9 +54,9 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Optio
                 }
             }
             None => {
-                cx.stats.add(Stat::GetMisses, 1);
+                KvStats::add(&cx.stats.get_misses, 1);
                 if touch.is_some() {
-                    cx.stats.add(Stat::TouchMisses, 1);
+                    KvStats::add(&cx.stats.touch_misses, 1);
                 }
             }
         }

@@ -11,7 +11,7 @@ use crate::protocol::meta::{
     MetaCmd, MetaDebugInfo, MetaFlags, MetaItem, MetaStatus, meta_debug, meta_line, meta_value,
 };
 use crate::protocol::{StoreCmd, quiet_hides};
-use crate::stats::Stat;
+use crate::stats::KvStats;
 use crate::store::{Arith, Item, Mode, Outcome};
 
 fn reply(cx: &mut Ctx<'_>, cmd: MetaCmd, status: MetaStatus, flags: &MetaFlags, item: &MetaItem<'_>) {
@@ -61,9 +61,9 @@ fn ttl_of(exptime: u64, now: u64) -> i64 {
 
 /// `mg <key> <flags>*`
 pub(super) fn get(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
-    cx.stats.add(Stat::CmdGet, 1);
+    KvStats::add(&cx.stats.cmd_get, 1);
     let Some(item) = cx.store.get(key, cx.now) else {
-        cx.stats.add(Stat::GetMisses, 1);
+        KvStats::add(&cx.stats.get_misses, 1);
         if flags.vivify.is_none() {
             return reply(cx, MetaCmd::Get, MetaStatus::En, flags, &miss(key, flags));
         }
@@ -86,7 +86,7 @@ pub(super) fn get(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
         }
         return meta_line(cx.out, MetaStatus::Hd, flags, &m);
     };
-    cx.stats.add(Stat::GetHits, 1);
+    KvStats::add(&cx.stats.get_hits, 1);
     let (reported, exptime) = ttl_steps(flags, item.exptime, false, cx.now);
     if flags.ttl.is_some() {
         cx.wrote = true;
@@ -105,7 +105,7 @@ pub(super) fn get(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
 
 /// `ms <key> <datalen> <flags>*`
 pub(super) fn set(cx: &mut Ctx<'_>, key: &[u8], data: Bytes, flags: &MetaFlags) {
-    cx.stats.add(Stat::CmdSet, 1);
+    KvStats::add(&cx.stats.cmd_set, 1);
     let cmd = flags.store_cmd();
     let mode = match cmd {
         StoreCmd::Set => Mode::Set,
@@ -156,11 +156,11 @@ pub(super) fn delete(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
     cx.wrote = true;
     match cx.store.delete(key, cx.now) {
         Ok(true) => {
-            cx.stats.add(Stat::DeleteHits, 1);
+            KvStats::add(&cx.stats.delete_hits, 1);
             reply(cx, MetaCmd::Delete, MetaStatus::Hd, flags, &m);
         }
         Ok(false) => {
-            cx.stats.add(Stat::DeleteMisses, 1);
+            KvStats::add(&cx.stats.delete_misses, 1);
             reply(cx, MetaCmd::Delete, MetaStatus::Nf, flags, &m);
         }
         Err(e) => server_error(cx.out, &e),
@@ -195,8 +195,8 @@ pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
     };
     match result {
         Arith::Value(v) => {
-            let counter = if incr { Stat::IncrHits } else { Stat::DecrHits };
-            cx.stats.add(counter, 1);
+            let counter = if incr { &cx.stats.incr_hits } else { &cx.stats.decr_hits };
+            KvStats::add(counter, 1);
             if flags.ttl.is_some() && !created {
                 let _ = cx.store.touch(key, exptime, cx.now);
             }
@@ -219,8 +219,8 @@ pub(super) fn arith(cx: &mut Ctx<'_>, key: &[u8], flags: &MetaFlags) {
             }
         }
         Arith::NotFound => {
-            let counter = if incr { Stat::IncrMisses } else { Stat::DecrMisses };
-            cx.stats.add(counter, 1);
+            let counter = if incr { &cx.stats.incr_misses } else { &cx.stats.decr_misses };
+            KvStats::add(counter, 1);
             reply(cx, MetaCmd::Arith, MetaStatus::Nf, flags, &miss(key, flags));
         }
         Arith::NonNumeric => cx.out.put_slice(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"),

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use crate::protocol::{Effect, Expiry, Request, absolute};
-use crate::stats::StatsWriter;
+use crate::stats::KvStats;
 use crate::store::{Store, StoreError};
 
 /// What a command needs besides its arguments.
 pub struct Ctx<'a> {
     pub store: &'a Arc<Store>,
-    pub stats: &'a StatsWriter<'a>,
+    pub stats: &'a KvStats,
     /// Unix seconds.
     pub now: u64,
     pub out: &'a mut BytesMut,

@@ -2,12 +2,10 @@
 //! dashboards read); sub-statistics answer as memcached does when it has
 //! none to give.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use bytes::BufMut;
 
 use super::Ctx;
-use crate::stats::{KvStats, Stat};
+use crate::stats::KvStats;
 
 pub(super) fn stats(cx: &mut Ctx<'_>, args: &[String]) {
     if let Some(sub) = args.first() {
@@ -28,8 +26,9 @@ pub(super) fn stats(cx: &mut Ctx<'_>, args: &[String]) {
         }
         return;
     }
-    let st = cx.stats.all();
+    let st = cx.stats;
     let store = cx.store.stats();
+    let g = KvStats::get;
     let uptime = cx.now.saturating_sub(cx.server.started_unix);
     let out = &mut *cx.out;
     line(out, "pid", std::process::id() as u64);
@@ -37,28 +36,28 @@ pub(super) fn stats(cx: &mut Ctx<'_>, args: &[String]) {
     line(out, "time", cx.now);
     out.put_slice(format!("STAT version {}\r\n", cx.server.version).as_bytes());
     line(out, "pointer_size", 64);
-    line(out, "curr_connections", st.connections.curr.load(Relaxed));
-    line(out, "total_connections", st.connections.total.load(Relaxed));
-    counter(out, st, Stat::CmdGet);
-    counter(out, st, Stat::CmdSet);
-    counter(out, st, Stat::CmdFlush);
-    counter(out, st, Stat::CmdTouch);
-    counter(out, st, Stat::GetHits);
-    counter(out, st, Stat::GetMisses);
+    line(out, "curr_connections", g(&st.curr_connections));
+    line(out, "total_connections", g(&st.total_connections));
+    line(out, "cmd_get", g(&st.cmd_get));
+    line(out, "cmd_set", g(&st.cmd_set));
+    line(out, "cmd_flush", g(&st.cmd_flush));
+    line(out, "cmd_touch", g(&st.cmd_touch));
+    line(out, "get_hits", g(&st.get_hits));
+    line(out, "get_misses", g(&st.get_misses));
     line(out, "get_expired", store.expired_unfetched);
-    counter(out, st, Stat::DeleteMisses);
-    counter(out, st, Stat::DeleteHits);
-    counter(out, st, Stat::IncrMisses);
-    counter(out, st, Stat::IncrHits);
-    counter(out, st, Stat::DecrMisses);
-    counter(out, st, Stat::DecrHits);
-    counter(out, st, Stat::CasMisses);
-    counter(out, st, Stat::CasHits);
-    counter(out, st, Stat::CasBadval);
-    counter(out, st, Stat::TouchHits);
-    counter(out, st, Stat::TouchMisses);
-    counter(out, st, Stat::BytesRead);
-    counter(out, st, Stat::BytesWritten);
+    line(out, "delete_misses", g(&st.delete_misses));
+    line(out, "delete_hits", g(&st.delete_hits));
+    line(out, "incr_misses", g(&st.incr_misses));
+    line(out, "incr_hits", g(&st.incr_hits));
+    line(out, "decr_misses", g(&st.decr_misses));
+    line(out, "decr_hits", g(&st.decr_hits));
+    line(out, "cas_misses", g(&st.cas_misses));
+    line(out, "cas_hits", g(&st.cas_hits));
+    line(out, "cas_badval", g(&st.cas_badval));
+    line(out, "touch_hits", g(&st.touch_hits));
+    line(out, "touch_misses", g(&st.touch_misses));
+    line(out, "bytes_read", g(&st.bytes_read));
+    line(out, "bytes_written", g(&st.bytes_written));
     line(out, "limit_maxbytes", cx.server.max_memory);
     line(out, "threads", std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1));
     line(out, "bytes", store.bytes);
@@ -70,11 +69,6 @@ pub(super) fn stats(cx: &mut Ctx<'_>, args: &[String]) {
     line(out, "live_log_bytes", store.live_log_bytes);
     line(out, "compactions", store.compactions);
     out.put_slice(b"END\r\n");
-}
-
-/// A per-request counter's line, summed over the threads.
-fn counter(out: &mut bytes::BytesMut, stats: &KvStats, stat: Stat) {
-    line(out, stat.name(), stats.get(stat));
 }
 
 fn line(out: &mut bytes::BytesMut, name: &str, value: u64) {

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use super::{Ctx, answer, expiry};
 use crate::protocol::StoreCmd;
 use crate::protocol::parse::ITEM_HEADER;
-use crate::stats::Stat;
+use crate::stats::KvStats;
 use crate::store::{Mode, Outcome, StoreError};
 
 #[allow(clippy::too_many_arguments)]
@@ -19,7 +19,7 @@ pub(super) fn store(
     cas_unique: u64,
     noreply: bool,
 ) {
-    cx.stats.add(Stat::CmdSet, 1);
+    KvStats::add(&cx.stats.cmd_set, 1);
     let mode = match cmd {
         StoreCmd::Set => Mode::Set,
         StoreCmd::Add => Mode::Add,
@@ -39,17 +39,17 @@ pub(super) fn store(
     let result = match cx.store.store(mode, key, flags, expiry(exptime, cx.now), data, cx.now) {
         Ok((Outcome::Stored, _)) => {
             if cmd == StoreCmd::Cas {
-                cx.stats.add(Stat::CasHits, 1);
+                KvStats::add(&cx.stats.cas_hits, 1);
             }
             Ok(&b"STORED\r\n"[..])
         }
         Ok((Outcome::NotStored, _)) => Ok(&b"NOT_STORED\r\n"[..]),
         Ok((Outcome::Exists, _)) => {
-            cx.stats.add(Stat::CasBadval, 1);
+            KvStats::add(&cx.stats.cas_badval, 1);
             Ok(&b"EXISTS\r\n"[..])
         }
         Ok((Outcome::NotFound, _)) => {
-            cx.stats.add(Stat::CasMisses, 1);
+            KvStats::add(&cx.stats.cas_misses, 1);
             Ok(&b"NOT_FOUND\r\n"[..])
         }
         Err(StoreError::TooLarge) if matches!(cmd, StoreCmd::Append | StoreCmd::Prepend) => Ok(&b"NOT_STORED\r\n"[..]),

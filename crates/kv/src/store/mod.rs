@@ -27,7 +27,6 @@ mod commits;
 mod entry;
 mod index;
 mod log;
-mod padded;
 mod persist;
 #[cfg(test)]
 mod tests;
@@ -45,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use entry::Entry;
 use index::{Index, Key, KeyHasher};
 use log::{Meta, Op};
-use padded::Padded;
 use persist::LogCtl;
 
 pub use log::MAX_KEY_LEN;
@@ -233,18 +231,15 @@ struct Counters {
 struct Inner {
     cfg: StoreConfig,
     /// Hashes every key once per request; the hash picks the shard and finds the entry in it.
-    /// This, the shard table and `flush_at`, read by every get, each on lines of its own: away from what
-    /// sets write (the log's state is beside them in this struct).
-    hasher: Padded<KeyHasher>,
-    shards: Padded<Box<[Padded<Mutex<Shard>>]>>,
-    /// Last cas handed out. This and the counters below are written by sets (from every thread), each on
-    /// lines of its own, away from what gets read.
-    cas: Padded<AtomicU64>,
-    mem_used: Padded<AtomicU64>,
-    live_log: Padded<AtomicU64>,
+    hasher: KeyHasher,
+    shards: Box<[Mutex<Shard>]>,
+    /// Last cas handed out.
+    cas: AtomicU64,
+    mem_used: AtomicU64,
+    live_log: AtomicU64,
     /// Delayed flush_all deadline (0 = none): items stored before it are invalid once it has passed.
-    flush_at: Padded<AtomicU64>,
-    counters: Padded<Counters>,
+    flush_at: AtomicU64,
+    counters: Counters,
     /// `None` in memory mode.
     log: Option<LogCtl>,
 }
@@ -551,13 +546,13 @@ impl Store {
     pub fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let log = if cfg.durability == Durability::Memory { None } else { Some(LogCtl::new(&cfg)?) };
         let inner = Inner {
-            hasher: Padded::default(),
-            shards: Padded((0..SHARDS).map(|_| Padded(Mutex::new(Shard::default()))).collect()),
-            cas: Padded::default(),
-            mem_used: Padded::default(),
-            live_log: Padded::default(),
-            flush_at: Padded::default(),
-            counters: Padded::default(),
+            hasher: KeyHasher::default(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            cas: AtomicU64::new(0),
+            mem_used: AtomicU64::new(0),
+            live_log: AtomicU64::new(0),
+            flush_at: AtomicU64::new(0),
+            counters: Counters::default(),
             log,
             cfg,
         };
@@ -710,7 +705,7 @@ impl Store {
     pub fn flush_all(&self, at: u64, now: u64) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let at = if at <= now { now } else { at };
-        let mut guards: Vec<_> = inner.shards.iter().map(|s| lock(s)).collect();
+        let mut guards: Vec<_> = inner.shards.iter().map(lock).collect();
         if inner.persistent() {
             let meta = Meta { op: Op::FlushAll, flags: 0, exptime: at, cas: inner.cas.load(Relaxed), time: now };
             inner.append(meta, &[], &[])?;
