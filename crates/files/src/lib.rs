@@ -16,6 +16,7 @@ pub mod name;
 pub mod resumable_hash;
 pub mod store;
 pub mod upload;
+pub mod writeback;
 
 pub use atomic::{commit_file, fsync_dir, write_atomic};
 pub use cache::{CacheConfig, CacheEntryInfo, CachePolicyKind, CacheRead, CacheSnapshot, FileCache, Loaded};
@@ -25,3 +26,4 @@ pub use name::{DEFAULT_MAX_NAME_BYTES, MAX_COMPONENT_BYTES, NameError, RESERVED_
 pub use resumable_hash::{HashCheckpoint, HashStateError, ResumableHash, SUBTREE_BYTES, hash_file_prefix};
 pub use store::{FileEntry, FileMeta, FileStore, StoreError};
 pub use upload::{PartialUpload, UploadId, UploadMeta};
+pub use writeback::start_writeback;

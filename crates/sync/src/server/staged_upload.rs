@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+use ferry_files::start_writeback;
 
 use crate::direct_writes::DirectChunks;
 
@@ -59,14 +59,9 @@ impl StagedUpload {
 
     /// Writes an accepted chunk at `offset`, and starts writing it to disk.
     ///
-    /// The commit fsyncs the whole file before anyone is told of it; left to the kernel, a large file's
-    /// pages would mostly still be dirty then (background writeback starts only at a tenth of memory
-    /// dirty), and the client would wait for all of them at the end. Starting each chunk's writeback as
-    /// it lands overlaps the disk with the rest of the upload, so the fsync finds little left to do.
-    /// `POSIX_FADV_DONTNEED` starts writeback of the range's dirty pages without waiting for it (and
-    /// drops only pages already clean, none of a chunk just written), which is what
-    /// `sync_file_range(SYNC_FILE_RANGE_WRITE)` does, with no unsafe call. It is a hint: a failure
-    /// changes nothing but the timing.
+    /// The commit fsyncs the whole file before anyone is told of it: starting each chunk's writeback as it
+    /// lands ([`start_writeback`]) overlaps the disk with the rest of the upload, so the fsync finds little
+    /// left to do.
     ///
     /// A large chunk at an aligned offset is written with `O_DIRECT` instead ([`crate::direct_writes::DirectWrites`]): no
     /// page-cache copy, and its bytes are on the device when the call returns.
@@ -74,9 +69,7 @@ impl StagedUpload {
         if self.direct.write_at(&self.file, &self.path, data, offset)? {
             return Ok(());
         }
-        if let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(data.len())) {
-            let _ = posix_fadvise(&*self.file, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
-        }
+        start_writeback(&self.file, offset, data.len() as u64);
         Ok(())
     }
 

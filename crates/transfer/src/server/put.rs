@@ -15,8 +15,7 @@ use bytes::Bytes;
 use ferry_core::config::BackupAck;
 use ferry_core::registry::now_unix_ms;
 use ferry_core::{Conn, SessionCtx, TransferKind};
-use ferry_files::{ResumableHash, SafeName, UploadId, hash_file_prefix};
-use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+use ferry_files::{ResumableHash, SafeName, UploadId, hash_file_prefix, start_writeback};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -459,15 +458,8 @@ fn unwritable(root: &std::path::Path, path: &std::path::Path, name: &SafeName) -
     None
 }
 
-/// Writes a batch at `at` and feeds it to the hash, on a blocking thread.
-/// Writes a batch of DATA payloads at `at` and hashes them, then starts the batch's writeback.
-///
-/// `DONE` fsyncs the whole file before the client hears `STORED`. Left to the kernel, a large upload's pages
-/// would mostly still be dirty then (background writeback starts only at a tenth of memory dirty), and the
-/// client would wait for all of them at the end while both CPUs idle. `POSIX_FADV_DONTNEED` on the range just
-/// written starts its writeback without waiting for it (it drops only pages already clean, none of a batch
-/// just written), as `sync_file_range(SYNC_FILE_RANGE_WRITE)` would, with no unsafe call; the disk then
-/// works during the upload and the fsync finds little left. A hint: a failure changes only the timing.
+/// Writes a batch of DATA payloads at `at` and feeds it to the hash, on a blocking thread, then starts the
+/// batch's writeback: `DONE`'s fsync then finds little left to write (see [`start_writeback`]).
 fn write_batch(file: &File, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash) -> WriteResult {
     let mut offset = at;
     for data in &batch {
@@ -475,9 +467,7 @@ fn write_batch(file: &File, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash)
         hash.update(data);
         offset += data.len() as u64;
     }
-    if let (Ok(from), Ok(len)) = (i64::try_from(at), i64::try_from(offset - at)) {
-        let _ = posix_fadvise(file, from, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
-    }
+    start_writeback(file, at, offset - at);
     Ok((hash, offset - at))
 }
 

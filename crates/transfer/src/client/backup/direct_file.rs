@@ -20,8 +20,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use ferry_files::start_writeback;
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, OFlag, PosixFadviseAdvice, fcntl, posix_fadvise};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 use super::aligned_block::{ALIGN, AlignedBlock, BLOCK, PooledBlock};
 use super::block_writes::{BlockWrites, Outstanding};
@@ -200,8 +201,7 @@ impl SequentialFile {
             // POSIX_FADV_DONTNEED starts writeback of the dirty range
             // without waiting for it (and lets the kernel drop the pages
             // once clean: a backup is written, not read). Only a hint.
-            let (from, len) = (self.flushed as i64, (self.written - self.flushed) as i64);
-            let _ = posix_fadvise(&*self.file, from, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            start_writeback(&self.file, self.flushed, self.written - self.flushed);
             self.flushed = self.written;
         }
         Ok(())
