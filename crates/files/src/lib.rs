@@ -10,6 +10,7 @@
 
 pub mod atomic;
 pub mod cache;
+pub mod direct_writes;
 pub mod etag;
 pub mod hash_cache;
 pub mod name;
@@ -20,6 +21,7 @@ pub mod writeback;
 
 pub use atomic::{commit_file, fsync_dir, write_atomic};
 pub use cache::{CacheConfig, CacheEntryInfo, CachePolicyKind, CacheRead, CacheSnapshot, FileCache, Loaded};
+pub use direct_writes::{DirectChunks, DirectWrites};
 pub use etag::Etag;
 pub use hash_cache::{HashCache, hash_file};
 pub use name::{DEFAULT_MAX_NAME_BYTES, MAX_COMPONENT_BYTES, NameError, RESERVED_PREFIX, SafeName};

@@ -12,7 +12,6 @@ pub mod chunk_digests;
 pub mod client;
 pub mod client_id;
 pub mod conflict_name;
-pub(crate) mod direct_writes;
 pub mod local_metadata;
 pub mod md5sum;
 pub mod message_reader;

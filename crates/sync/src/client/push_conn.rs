@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{Direction, SyncEvent};
 use super::shared::Shared;
-use crate::direct_writes::DirectChunks;
 use crate::message_reader::{MessageReader, Next, encode};
 use crate::{ChunkVerdict, FinishVerdict, Md5Sum, Message, StatusCode, UploadTracker};
+use ferry_files::DirectChunks;
 
 /// Chunks at least this large are answered before they are written (their write overlaps with the
 /// next chunk); smaller ones are written at once, with no extra thread hand-over.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use ferry_files::start_writeback;
 
-use crate::direct_writes::DirectChunks;
+use ferry_files::DirectChunks;
 
 /// A partial upload on disk.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ impl StagedUpload {
     /// lands ([`start_writeback`]) overlaps the disk with the rest of the upload, so the fsync finds little
     /// left to do.
     ///
-    /// A large chunk at an aligned offset is written with `O_DIRECT` instead ([`crate::direct_writes::DirectWrites`]): no
+    /// A large chunk at an aligned offset is written with `O_DIRECT` instead ([`ferry_files::DirectWrites`]): no
     /// page-cache copy, and its bytes are on the device when the call returns.
     pub fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         if self.direct.write_at(&self.file, &self.path, data, offset)? {

@@ -7,7 +7,7 @@
 //! every received byte before it is on disk and hashed.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use ferry_core::config::BackupAck;
 use ferry_core::registry::now_unix_ms;
 use ferry_core::{Conn, SessionCtx, TransferKind};
-use ferry_files::{ResumableHash, SafeName, UploadId, hash_file_prefix, start_writeback};
+use ferry_files::{DirectChunks, ResumableHash, SafeName, UploadId, hash_file_prefix};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -43,6 +43,8 @@ pub(super) fn read_high_water(max_frame: u32) -> usize {
 /// An upload file opened by `PUT`, with the hash of what it already holds.
 pub(super) struct OpenUpload {
     file: Arc<File>,
+    /// How the upload's data is written: see [`write_batch`].
+    writes: Arc<UploadWrites>,
     hash: ResumableHash,
     /// Mirroring to backup nodes, for an upload that starts at byte 0 in
     /// this session (others reach the nodes through catch-up).
@@ -96,10 +98,10 @@ pub(super) async fn start(
         let mut hash = ResumableHash::new();
         hash_file_prefix(&upload.file, upload.durable_len, &mut hash)
             .map_err(|e| (ErrorCode::Io, format!("cannot read partial upload: {e}")))?;
-        Ok::<_, (ErrorCode, String)>((upload.file, upload.durable_len, hash))
+        Ok::<_, (ErrorCode, String)>((upload.file, upload.path, upload.durable_len, hash))
     })
     .await;
-    let (file, durable, hash) = match opened {
+    let (file, path, durable, hash) = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err((code, msg))) => return fail(conn, code, &msg),
         Err(e) => return fail(conn, ErrorCode::Internal, &format!("open task failed: {e}")),
@@ -121,7 +123,8 @@ pub(super) async fn start(
     } else {
         None
     };
-    let upload = OpenUpload { file: Arc::new(file), hash, mirror, _lease: lease };
+    let writes = Arc::new(UploadWrites { path, direct: DirectChunks::default() });
+    let upload = OpenUpload { file: Arc::new(file), writes, hash, mirror, _lease: lease };
     Step::Next(Phase::Put(state), Some(Opened::Put(Box::new(upload))))
 }
 
@@ -164,7 +167,7 @@ async fn receive(
             Err(msg) => return fail(conn, ErrorCode::Io, &msg),
         },
     };
-    let file = upload.file;
+    let (file, writes) = (upload.file, upload.writes);
     let mut hash = Some(upload.hash);
     let mut mirror = upload.mirror;
     if resumed {
@@ -237,8 +240,8 @@ async fn receive(
             if let Some(m) = mirror.as_mut() {
                 m.offer(at, &batch);
             }
-            let file = file.clone();
-            writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, at, batch, hasher)));
+            let (file, writes) = (file.clone(), writes.clone());
+            writing = Some(tokio::task::spawn_blocking(move || write_batch(&file, &writes, at, batch, hasher)));
             continue;
         }
         if writing.is_none() && !stalled && next.batch.is_empty() {
@@ -458,17 +461,28 @@ fn unwritable(root: &std::path::Path, path: &std::path::Path, name: &SafeName) -
     None
 }
 
-/// Writes a batch of DATA payloads at `at` and feeds it to the hash, on a blocking thread, then starts the
-/// batch's writeback: `DONE`'s fsync then finds little left to write (see [`start_writeback`]).
-fn write_batch(file: &File, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash) -> WriteResult {
-    let mut offset = at;
+/// The staged file's path and the choice between direct and buffered writes, kept for the PUT.
+struct UploadWrites {
+    path: PathBuf,
+    direct: DirectChunks,
+}
+
+/// Writes a batch of DATA payloads at `at` and feeds it to the hash, on a blocking thread.
+///
+/// The batch's aligned middle (nearly all of a 1 MiB batch) goes with `O_DIRECT` through a scratch block
+/// ([`DirectChunks::write_span`]): the page-cache copy of a buffered write was most of the server's CPU
+/// in a large PUT, and its cost swung with the machine's memory. The unaligned head and tail, and the
+/// whole batch where the filesystem refuses `O_DIRECT` or every direct slot is taken, are written
+/// buffered, with their writeback started so that `DONE`'s fsync finds little left to write. Every byte
+/// is on the file when this returns, so a pause after it holds nothing back.
+fn write_batch(file: &File, writes: &UploadWrites, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash) -> WriteResult {
+    writes.direct.write_span(file, &writes.path, &batch, at)?;
+    let mut len = 0;
     for data in &batch {
-        file.write_all_at(data, offset)?;
         hash.update(data);
-        offset += data.len() as u64;
+        len += data.len() as u64;
     }
-    start_writeback(file, at, offset - at);
-    Ok((hash, offset - at))
+    Ok((hash, len))
 }
 
 /// `DONE size=N blake3=H`: verify, make durable, rename into place.
@@ -556,10 +570,11 @@ async fn reopen(
         upload.file.set_len(written).map_err(|e| format!("cannot trim partial upload: {e}"))?;
         let mut hash = ResumableHash::from_checkpoint(&checkpoint).map_err(|e| e.to_string())?;
         hash_file_prefix(&upload.file, written, &mut hash).map_err(|e| format!("cannot read partial upload: {e}"))?;
-        Ok((Arc::new(upload.file), hash))
+        Ok((Arc::new(upload.file), upload.path, hash))
     });
-    let (file, hash) = task.await.map_err(|e| format!("reopen task failed: {e}"))??;
-    Ok(OpenUpload { file, hash, mirror: None, _lease: lease })
+    let (file, path, hash) = task.await.map_err(|e| format!("reopen task failed: {e}"))??;
+    let writes = Arc::new(UploadWrites { path, direct: DirectChunks::default() });
+    Ok(OpenUpload { file, writes, hash, mirror: None, _lease: lease })
 }
 
 #[cfg(test)]
