@@ -31,6 +31,12 @@
 #   SIZE       bytes to upload, IEC suffixes allowed (default 1G; --quick 64M)
 #   ROUNDS     rounds (default 6; --quick 1)
 #   BENCH_DIR  where the scratch directory is created (default ${TMPDIR:-/tmp})
+#   NODE_DIR   where the nodes' directories are created (default: in the
+#              scratch directory, on the server's filesystem). On a machine
+#              with one disk, a node on that disk doubles what the disk must
+#              write before STORED; NODE_DIR on another device (or a tmpfs,
+#              standing in for a node's own disk) measures what the node
+#              costs apart from that.
 set -euo pipefail
 export LC_ALL=C
 
@@ -73,6 +79,12 @@ free_kib=$(df -Pk "$PARENT" | awk 'NR == 2 { print $4 }')
     die "$PARENT has $((free_kib / 1024)) MiB free; this run needs about $((need_kib / 1024)) MiB"
 
 WORK=$(mktemp -d "$PARENT/ferry-backup-bench.XXXXXX")
+if [[ -n ${NODE_DIR:-} ]]; then
+    mkdir -p "$NODE_DIR"
+    NODES=$(mktemp -d "$NODE_DIR/ferry-backup-nodes.XXXXXX")
+else
+    NODES=$WORK
+fi
 DATA=$WORK/server
 FILES=$DATA/files
 IN=$WORK/input
@@ -96,6 +108,7 @@ cleanup() {
     stop_nodes || true
     stop_ferry "$DATA" || true
     rm -rf "$WORK"
+    [[ $NODES == "$WORK" ]] || rm -rf "$NODES"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -117,7 +130,7 @@ in_sync() { "$FERRY" status --json --data "$DATA" | grep -c '"state": "in-sync"'
 start_nodes() {
     local k=$1 i deadline=$((SECONDS + 60))
     for ((i = 1; i <= k; i++)); do
-        "$FERRY" backup --dir "$WORK/node$i" --server "$ADDR" --quiet 2>>"$WORK/node$i.log" &
+        "$FERRY" backup --dir "$NODES/node$i" --server "$ADDR" --quiet 2>>"$WORK/node$i.log" &
         NODE_PIDS+=($!)
     done
     until (($(in_sync) == k)); do
@@ -189,11 +202,11 @@ step() {
     grep -q retrying "$WORK/client.log" && note "the PUT reconnected (see $WORK/client.log)"
     same "$FILES/$name" "server copy, round $r, $k nodes"
     for ((i = 1; i <= k; i++)); do
-        same "$WORK/node$i/$name" "node $i copy, round $r"
+        same "$NODES/node$i/$name" "node $i copy, round $r"
     done
     stop_nodes
     rm -f "$FILES/$name"
-    for ((i = 1; i <= 2; i++)); do rm -f "$WORK/node$i/$name"; done
+    for ((i = 1; i <= 2; i++)); do rm -f "$NODES/node$i/$name"; done
     sync
 }
 
@@ -202,6 +215,7 @@ echo "  size       $BYTES bytes ($(numfmt --to=iec-i --suffix=B "$BYTES")), $ROU
 machine_facts "$ROOT"
 echo "  binary     $FERRY"
 echo "  scratch    $WORK ($(df -P "$WORK" | awk 'NR == 2 { print $1 }'))"
+echo "  nodes in   $NODES ($(df -PT "$NODES" | awk 'NR == 2 { print $1 ", " $2 }'))"
 
 note "writing $BYTES random bytes"
 head -c "$BYTES" /dev/urandom >"$IN"
