@@ -11,8 +11,12 @@ use crate::stats::KvStats;
 const COPY_UNDER_LOCK: usize = 16 << 10;
 
 pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Option<i64>) {
+    // The counters are server-wide atomics that both kv workers add to: one locked add each per request,
+    // not per key (a 16-key get made 32).
+    let (mut looked, mut hits) = (0u64, 0u64);
+    let mut failed = false;
     for key in keys.iter() {
-        KvStats::add(&cx.stats.cmd_get, 1);
+        looked += 1;
         let hit = match touch {
             None => {
                 let out = &mut *cx.out;
@@ -28,7 +32,6 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Optio
                 })
             }
             Some(exptime) => {
-                KvStats::add(&cx.stats.cmd_touch, 1);
                 cx.wrote = true;
                 match cx.store.get_and_touch(key, expiry(exptime, cx.now), cx.now) {
                     Ok(item) => item.map(|item| {
@@ -37,31 +40,43 @@ pub(super) fn get(cx: &mut Ctx<'_>, keys: Keys<'_>, with_cas: bool, touch: Optio
                     }),
                     Err(e) => {
                         server_error(cx.out, &e);
-                        return;
+                        failed = true;
+                        break;
                     }
                 }
             }
         };
-        match hit {
-            Some(value) => {
-                KvStats::add(&cx.stats.get_hits, 1);
-                if touch.is_some() {
-                    KvStats::add(&cx.stats.touch_hits, 1);
-                }
-                if let Some(value) = value {
-                    cx.out.put_slice(&value);
-                    cx.out.put_slice(b"\r\n");
-                }
-            }
-            None => {
-                KvStats::add(&cx.stats.get_misses, 1);
-                if touch.is_some() {
-                    KvStats::add(&cx.stats.touch_misses, 1);
-                }
+        if let Some(value) = hit {
+            hits += 1;
+            if let Some(value) = value {
+                cx.out.put_slice(&value);
+                cx.out.put_slice(b"\r\n");
             }
         }
     }
-    cx.out.put_slice(b"END\r\n");
+    // A key whose touch failed counts as asked for, neither hit nor missed.
+    count(cx.stats, looked, hits, looked - hits - u64::from(failed), touch.is_some());
+    if !failed {
+        cx.out.put_slice(b"END\r\n");
+    }
+}
+
+/// Adds a get's keys to the counters: `looked` keys asked for, `hits` of them found, `misses` not (those of
+/// a `gat` count as touches too).
+fn count(stats: &KvStats, looked: u64, hits: u64, misses: u64, touched: bool) {
+    let add = |counter, n| {
+        if n > 0 {
+            KvStats::add(counter, n);
+        }
+    };
+    add(&stats.cmd_get, looked);
+    add(&stats.get_hits, hits);
+    add(&stats.get_misses, misses);
+    if touched {
+        add(&stats.cmd_touch, looked);
+        add(&stats.touch_hits, hits);
+        add(&stats.touch_misses, misses);
+    }
 }
 
 /// Longest header tail: three 20-digit numbers with their spaces, and `\r\n`.
@@ -129,5 +144,56 @@ mod tests {
         put_header(&mut out, &key, u32::MAX, usize::MAX, Some(u64::MAX));
         let want = format!("VALUE {} {} {} {}\r\n", "k".repeat(250), u32::MAX, usize::MAX, u64::MAX);
         assert_eq!(&out[..], want.as_bytes());
+    }
+
+    #[test]
+    fn a_multi_key_get_counts_every_key_once() {
+        let store = std::sync::Arc::new(
+            crate::store::Store::open(crate::store::StoreConfig {
+                durability: crate::store::Durability::Memory,
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let now = crate::store::unix_now();
+        for k in ["a", "c"] {
+            store.store(crate::store::Mode::Set, k.as_bytes(), 3, 0, bytes::Bytes::from_static(b"vv"), now).unwrap();
+        }
+        let stats = KvStats::default();
+        let server = super::super::ServerInfo {
+            version: "1".into(),
+            started_unix: now,
+            max_memory: 1 << 20,
+            max_connections: 1,
+        };
+        let mut out = bytes::BytesMut::new();
+        let mut cx = Ctx {
+            store: &store,
+            stats: &stats,
+            now,
+            out: &mut out,
+            server: &server,
+            wrote: false,
+            max_item_bytes: 1 << 20,
+        };
+        get(&mut cx, Keys::new(b"a b c a"), false, None);
+        assert_eq!(&out[..], b"VALUE a 3 2\r\nvv\r\nVALUE c 3 2\r\nvv\r\nVALUE a 3 2\r\nvv\r\nEND\r\n");
+        let g = |c| KvStats::get(c);
+        assert_eq!((g(&stats.cmd_get), g(&stats.get_hits), g(&stats.get_misses)), (4, 3, 1));
+        assert_eq!(g(&stats.cmd_touch), 0);
+        let mut out = bytes::BytesMut::new();
+        let mut cx = Ctx {
+            store: &store,
+            stats: &stats,
+            now,
+            out: &mut out,
+            server: &server,
+            wrote: false,
+            max_item_bytes: 1 << 20,
+        };
+        get(&mut cx, Keys::new(b"x c"), false, Some(0));
+        assert_eq!(&out[..], b"VALUE c 3 2\r\nvv\r\nEND\r\n");
+        assert_eq!((g(&stats.cmd_get), g(&stats.get_hits), g(&stats.get_misses)), (6, 4, 2));
+        assert_eq!((g(&stats.cmd_touch), g(&stats.touch_hits), g(&stats.touch_misses)), (2, 1, 1));
     }
 }
