@@ -108,6 +108,10 @@ pub(crate) struct LogCtl {
     compact_cv: Condvar,
     durable: Mutex<Durable>,
     durable_cv: Condvar,
+    /// Threads blocked on `durable_cv` ([`Store::wait_durable_blocking`]), counted under the `durable` lock.
+    /// Sessions wait through `waiters` instead, so on a serving process this is 0 and a commit's advance
+    /// skips the `futex` wake a `notify_all` always makes.
+    blocked_on_durable: AtomicU64,
     /// Sessions waiting for a sequence number to become durable. Lock order: `waiters`, then `durable`.
     waiters: Mutex<Waiters>,
     /// The delayed-flush deadline whose dead items were swept already.
@@ -169,6 +173,7 @@ impl LogCtl {
             compact_cv: Condvar::new(),
             durable: Mutex::new(Durable::default()),
             durable_cv: Condvar::new(),
+            blocked_on_durable: AtomicU64::new(0),
             waiters: Mutex::new(Waiters::default()),
             swept_flush: AtomicU64::new(0),
             compact_kicked: AtomicBool::new(false),
@@ -266,8 +271,12 @@ impl LogCtl {
             return;
         }
         d.seq = seq;
+        // Read under the lock: a thread that blocks after this sees the new `seq` and does not wait.
+        let blocked = self.blocked_on_durable.load(Relaxed) > 0;
         drop(d);
-        self.durable_cv.notify_all();
+        if blocked {
+            self.durable_cv.notify_all();
+        }
         self.wake_waiters();
     }
 
@@ -944,7 +953,9 @@ impl Store {
         let Some(log) = self.inner.log.as_ref().filter(|l| l.fsync) else { return Ok(()) };
         let mut d = lock(&log.durable);
         while d.seq < seq && !d.failed {
+            log.blocked_on_durable.fetch_add(1, Relaxed);
             d = log.durable_cv.wait(d).unwrap_or_else(std::sync::PoisonError::into_inner);
+            log.blocked_on_durable.fetch_sub(1, Relaxed);
         }
         durable_result(*d, seq)
     }
