@@ -159,7 +159,8 @@ mod tests {
         for k in ["a", "c"] {
             store.store(crate::store::Mode::Set, k.as_bytes(), 3, 0, bytes::Bytes::from_static(b"vv"), now).unwrap();
         }
-        let stats = KvStats::default();
+        let shards = crate::stats::KvStatShards::default();
+        let stats = shards.local();
         let server = super::super::ServerInfo {
             version: "1".into(),
             started_unix: now,
@@ -169,7 +170,8 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         let mut cx = Ctx {
             store: &store,
-            stats: &stats,
+            stats,
+            all_stats: &shards,
             now,
             out: &mut out,
             server: &server,
@@ -184,7 +186,8 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         let mut cx = Ctx {
             store: &store,
-            stats: &stats,
+            stats,
+            all_stats: &shards,
             now,
             out: &mut out,
             server: &server,
