@@ -12,13 +12,13 @@ use ferry_core::{Conn, Service, SessionCtx, SessionEnd};
 use crate::commands::ServerInfo;
 use crate::protocol::Limits;
 use crate::session::{KvState, STATE_FORMAT};
-use crate::stats::KvStatShards;
+use crate::stats::KvStats;
 use crate::store::{Durability, Store, StoreConfig, StoreError};
 use crate::workers::{SessionWorkers, worker_count};
 
 pub struct KvService {
     pub(crate) store: Arc<Store>,
-    pub(crate) stats: KvStatShards,
+    pub(crate) stats: KvStats,
     pub(crate) config: KvConfig,
     pub(crate) limits: Limits,
     pub(crate) info: ServerInfo,
@@ -60,7 +60,7 @@ impl KvService {
         };
         Ok(Arc::new(KvService {
             store: Arc::new(store),
-            stats: KvStatShards::default(),
+            stats: KvStats::default(),
             config,
             limits,
             info,

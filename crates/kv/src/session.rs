@@ -51,10 +51,10 @@ pub(crate) async fn run(
     resume: Option<KvState>,
     mut ctx: SessionCtx,
 ) -> SessionEnd<KvState> {
-    KvStats::add(&svc.stats.local().curr_connections, 1);
-    KvStats::add(&svc.stats.local().total_connections, 1);
+    KvStats::add(&svc.stats.curr_connections, 1);
+    KvStats::add(&svc.stats.total_connections, 1);
     let end = serve(&svc, &mut conn, resume, &mut ctx).await;
-    svc.stats.local().curr_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    svc.stats.curr_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     match end {
         Some(state) => SessionEnd::Paused(Parked { conn: conn.into_parts(), state }),
         None => {
@@ -72,8 +72,6 @@ async fn serve(
     ctx: &mut SessionCtx,
 ) -> Option<KvState> {
     let limits = svc.limits;
-    // This thread's counters: the session runs here for its life.
-    let stats = svc.stats.local();
     let idle = (svc.config.idle_timeout_secs > 0).then(|| Duration::from_secs(svc.config.idle_timeout_secs));
     let mut swallow = resume.map(|s| s.swallow).unwrap_or(0);
     let mut deadline = idle.map(|d| Instant::now() + d);
@@ -116,12 +114,11 @@ async fn serve(
                     break;
                 }
                 Parse::Request { req, consumed } => {
-                    KvStats::add(&stats.bytes_read, consumed as u64);
+                    KvStats::add(&svc.stats.bytes_read, consumed as u64);
                     let flushes = req.flushes();
                     let mut cx = Ctx {
                         store: &svc.store,
-                        stats,
-                        all_stats: &svc.stats,
+                        stats: &svc.stats,
                         now,
                         out: &mut out,
                         server: &svc.info,
@@ -171,7 +168,7 @@ async fn serve(
             }
         }
         if !out.is_empty() {
-            KvStats::add(&stats.bytes_written, out.len() as u64);
+            KvStats::add(&svc.stats.bytes_written, out.len() as u64);
             if need_input && !close && out.len() <= OUT_KEEP {
                 // The client waits for this reply before it sends more (one
                 // request in flight): send it now, straight from `out`, so

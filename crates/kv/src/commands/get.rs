@@ -159,8 +159,7 @@ mod tests {
         for k in ["a", "c"] {
             store.store(crate::store::Mode::Set, k.as_bytes(), 3, 0, bytes::Bytes::from_static(b"vv"), now).unwrap();
         }
-        let shards = crate::stats::KvStatShards::default();
-        let stats = shards.local();
+        let stats = KvStats::default();
         let server = super::super::ServerInfo {
             version: "1".into(),
             started_unix: now,
@@ -170,8 +169,7 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         let mut cx = Ctx {
             store: &store,
-            stats,
-            all_stats: &shards,
+            stats: &stats,
             now,
             out: &mut out,
             server: &server,
@@ -186,8 +184,7 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         let mut cx = Ctx {
             store: &store,
-            stats,
-            all_stats: &shards,
+            stats: &stats,
             now,
             out: &mut out,
             server: &server,

@@ -16,16 +16,13 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use crate::protocol::{Effect, Expiry, Request, absolute};
-use crate::stats::{KvStatShards, KvStats};
+use crate::stats::KvStats;
 use crate::store::{Store, StoreError};
 
 /// What a command needs besides its arguments.
 pub struct Ctx<'a> {
     pub store: &'a Arc<Store>,
-    /// The counters of this thread.
     pub stats: &'a KvStats,
-    /// Every thread's counters, for `stats`.
-    pub all_stats: &'a KvStatShards,
     /// Unix seconds.
     pub now: u64,
     pub out: &'a mut BytesMut,

@@ -26,7 +26,7 @@ pub(super) fn stats(cx: &mut Ctx<'_>, args: &[String]) {
         }
         return;
     }
-    let st = &cx.all_stats.total();
+    let st = cx.stats;
     let store = cx.store.stats();
     let g = KvStats::get;
     let uptime = cx.now.saturating_sub(cx.server.started_unix);
