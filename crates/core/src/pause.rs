@@ -11,9 +11,6 @@
 //! batch at a time, and one accept loop at a time, while the others keep
 //! serving.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -31,51 +28,33 @@ pub enum PauseReason {
 #[derive(Debug)]
 pub struct PauseTrigger {
     tx: watch::Sender<Option<PauseReason>>,
-    /// Whether the value may be a pause: set and cleared together with the
-    /// value, under the channel's write lock. Sessions ask "paused?" after
-    /// every request; reading the value takes the channel's read lock, two
-    /// atomic writes to a line every session of every thread shares, where
-    /// this is one plain load of a line nobody writes while no pause comes.
-    raised: Arc<AtomicBool>,
 }
 
 /// A session's side: asks whether to pause, or waits until it should.
 #[derive(Clone, Debug)]
 pub struct PauseSignal {
     rx: watch::Receiver<Option<PauseReason>>,
-    /// The server-wide trigger's [`PauseTrigger::raised`].
-    raised: Arc<AtomicBool>,
-    /// This session's (or accept loop's) own trigger, if it has one, with
-    /// its `raised`.
-    own: Option<(watch::Receiver<Option<PauseReason>>, Arc<AtomicBool>)>,
+    /// This session's (or accept loop's) own trigger, if it has one.
+    own: Option<watch::Receiver<Option<PauseReason>>>,
 }
 
 impl PauseTrigger {
     pub fn new() -> PauseTrigger {
         let (tx, _rx) = watch::channel(None);
-        PauseTrigger { tx, raised: Arc::new(AtomicBool::new(false)) }
+        PauseTrigger { tx }
     }
 
     pub fn signal(&self) -> PauseSignal {
-        PauseSignal { rx: self.tx.subscribe(), raised: self.raised.clone(), own: None }
+        PauseSignal { rx: self.tx.subscribe(), own: None }
     }
 
     pub fn pause(&self, reason: PauseReason) {
-        self.set(Some(reason));
+        self.tx.send_replace(Some(reason));
     }
 
     /// Lifts the pause; sessions that have not parked yet carry on.
     pub fn resume(&self) {
-        self.set(None);
-    }
-
-    /// The value and `raised` change under one write lock, so concurrent
-    /// pauses and resumes leave them agreeing.
-    fn set(&self, value: Option<PauseReason>) {
-        self.tx.send_modify(|v| {
-            *v = value;
-            self.raised.store(value.is_some(), Ordering::SeqCst);
-        });
+        self.tx.send_replace(None);
     }
 
     pub fn current(&self) -> Option<PauseReason> {
@@ -93,29 +72,18 @@ impl PauseSignal {
     /// A signal that never fires, for sessions driven outside a server.
     pub fn never() -> PauseSignal {
         let (_tx, rx) = watch::channel(None);
-        PauseSignal { rx, raised: Arc::new(AtomicBool::new(false)), own: None }
+        PauseSignal { rx, own: None }
     }
 
     /// This signal, also firing when `own` is pulled: the server-wide pause
     /// or a pause of this one holder, whichever comes first.
     pub fn with_own(&self, own: &PauseTrigger) -> PauseSignal {
-        PauseSignal {
-            rx: self.rx.clone(),
-            raised: self.raised.clone(),
-            own: Some((own.tx.subscribe(), own.raised.clone())),
-        }
+        PauseSignal { rx: self.rx.clone(), own: Some(own.tx.subscribe()) }
     }
 
-    /// The pause in force, if any. Without a pause this reads two flags
-    /// and takes no lock (see [`PauseTrigger::raised`]).
+    /// The pause in force, if any.
     pub fn requested(&self) -> Option<PauseReason> {
-        let own = match &self.own {
-            Some((rx, raised)) if raised.load(Ordering::SeqCst) => *rx.borrow(),
-            _ => None,
-        };
-        if !self.raised.load(Ordering::SeqCst) {
-            return own;
-        }
+        let own = self.own.as_ref().and_then(|own| *own.borrow());
         (*self.rx.borrow()).or(own)
     }
 
@@ -124,7 +92,7 @@ impl PauseSignal {
     /// than completing at once and turning callers' loops into spins).
     pub async fn wait(&mut self) -> PauseReason {
         match &mut self.own {
-            Some((own, _)) => tokio::select! {
+            Some(own) => tokio::select! {
                 reason = wait_on(&mut self.rx) => reason,
                 reason = wait_on(own) => reason,
             },
