@@ -166,32 +166,20 @@ mod tests {
             max_memory: 1 << 20,
             max_connections: 1,
         };
-        let mut out = bytes::BytesMut::new();
-        let mut cx = Ctx {
-            store: &store,
-            stats: &stats,
-            now,
-            out: &mut out,
-            server: &server,
-            wrote: false,
-            max_item_bytes: 1 << 20,
+        // One request's context, writing into `out`.
+        let run = |out: &mut bytes::BytesMut, keys: &[u8], touch: Option<i64>| {
+            let mut cx =
+                Ctx { store: &store, stats: &stats, now, out, server: &server, wrote: false, max_item_bytes: 1 << 20 };
+            get(&mut cx, Keys::new(keys), false, touch);
         };
-        get(&mut cx, Keys::new(b"a b c a"), false, None);
+        let mut out = bytes::BytesMut::new();
+        run(&mut out, b"a b c a", None);
         assert_eq!(&out[..], b"VALUE a 3 2\r\nvv\r\nVALUE c 3 2\r\nvv\r\nVALUE a 3 2\r\nvv\r\nEND\r\n");
         let g = |c| KvStats::get(c);
         assert_eq!((g(&stats.cmd_get), g(&stats.get_hits), g(&stats.get_misses)), (4, 3, 1));
         assert_eq!(g(&stats.cmd_touch), 0);
         let mut out = bytes::BytesMut::new();
-        let mut cx = Ctx {
-            store: &store,
-            stats: &stats,
-            now,
-            out: &mut out,
-            server: &server,
-            wrote: false,
-            max_item_bytes: 1 << 20,
-        };
-        get(&mut cx, Keys::new(b"x c"), false, Some(0));
+        run(&mut out, b"x c", Some(0));
         assert_eq!(&out[..], b"VALUE c 3 2\r\nvv\r\nEND\r\n");
         assert_eq!((g(&stats.cmd_get), g(&stats.get_hits), g(&stats.get_misses)), (6, 4, 2));
         assert_eq!((g(&stats.cmd_touch), g(&stats.touch_hits), g(&stats.touch_misses)), (2, 1, 1));
