@@ -35,7 +35,7 @@ use crate::writeback::start_writeback;
 /// disks).
 pub const ALIGN: usize = 4096;
 /// Bytes copied and written per direct write; a larger range is written in pieces of this size.
-const SCRATCH: usize = 1 << 20;
+const SCRATCH: usize = 4 << 20;
 /// Ranges smaller than this are written buffered: a small file's one chunk is not worth a scratch
 /// block, and its commit finds it in the page cache.
 pub const DIRECT_FROM: usize = 256 * 1024;

@@ -32,7 +32,7 @@ use crate::frame::Frame;
 use crate::wire::{queue_frame, take_frame};
 
 /// Most bytes of DATA handed to one blocking write.
-pub(super) const MAX_BATCH: usize = 1 << 20;
+pub(super) const MAX_BATCH: usize = 4 << 20;
 
 /// Buffered input at which a PUT stops reading while a batch is written:
 /// one batch plus one whole frame, so a frame can always complete.
@@ -469,20 +469,39 @@ struct UploadWrites {
 
 /// Writes a batch of DATA payloads at `at` and feeds it to the hash, on a blocking thread.
 ///
-/// The batch's aligned middle (nearly all of a 1 MiB batch) goes with `O_DIRECT` through a scratch block
+/// The batch's aligned middle (nearly all of a 4 MiB batch) goes with `O_DIRECT` through a scratch block
 /// ([`DirectChunks::write_span`]): the page-cache copy of a buffered write was most of the server's CPU
 /// in a large PUT, and its cost swung with the machine's memory. The unaligned head and tail, and the
 /// whole batch where the filesystem refuses `O_DIRECT` or every direct slot is taken, are written
 /// buffered, with their writeback started so that `DONE`'s fsync finds little left to write. Every byte
 /// is on the file when this returns, so a pause after it holds nothing back.
-fn write_batch(file: &File, writes: &UploadWrites, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash) -> WriteResult {
-    writes.direct.write_span(file, &writes.path, &batch, at)?;
-    let mut len = 0;
-    for data in &batch {
-        hash.update(data);
-        len += data.len() as u64;
-    }
-    Ok((hash, len))
+///
+/// The hash runs on a second thread while this one writes: a direct write returns only once the device
+/// has the bytes, and hashed after it the disk idled for the hash (docs/BENCHMARKS.md, backup section,
+/// "4 MiB batches, the hash beside the write"). Where no thread can be started the batch is hashed
+/// here, after the write.
+fn write_batch(file: &File, writes: &UploadWrites, at: u64, batch: Vec<Bytes>, hash: ResumableHash) -> WriteResult {
+    let len = batch.iter().map(|d| d.len() as u64).sum();
+    // Taken by whichever thread hashes: the second one, or this one when it could not be started.
+    let state = std::sync::Mutex::new(Some(hash));
+    let hash_batch = || {
+        let mut hash = state.lock().ok()?.take()?;
+        for data in &batch {
+            hash.update(data);
+        }
+        Some(hash)
+    };
+    std::thread::scope(|scope| {
+        let hashing = std::thread::Builder::new().name("ferry-put-hash".into()).spawn_scoped(scope, hash_batch);
+        let written = writes.direct.write_span(file, &writes.path, &batch, at);
+        let hashed = match hashing {
+            Ok(thread) => thread.join().map_err(|_| std::io::Error::other("the hash thread panicked"))?,
+            Err(_) => hash_batch(),
+        };
+        written?;
+        let hash = hashed.ok_or_else(|| std::io::Error::other("hash state missing"))?;
+        Ok((hash, len))
+    })
 }
 
 /// `DONE size=N blake3=H`: verify, make durable, rename into place.
@@ -590,10 +609,11 @@ mod tests {
     #[test]
     fn a_batch_takes_whole_frames_up_to_its_limit() {
         let frame = 256 * 1024;
-        let mut next = gathered(&[frame; 10]);
+        let frames = MAX_BATCH / frame + 3;
+        let mut next = gathered(&vec![frame; frames]);
         let first = next.take_batch();
         assert_eq!(first.len(), MAX_BATCH / frame);
-        assert_eq!(next.batch.len(), 10 - MAX_BATCH / frame);
+        assert_eq!(next.batch.len(), 3);
         assert_eq!(next.bytes, next.batch.iter().map(Bytes::len).sum::<usize>());
         // One frame larger than a batch still goes, alone.
         let mut next = gathered(&[MAX_BATCH + 1, 5]);
