@@ -484,24 +484,15 @@ const HASH_BESIDE_FROM: u64 = 1 << 20;
 /// has the bytes, and hashed after it the disk idled for the hash (docs/BENCHMARKS.md, backup section,
 /// "4 MiB batches, the hash beside the write"). A batch under [`HASH_BESIDE_FROM`], or one for which no
 /// thread can be started, is hashed here, after the write.
-fn write_batch(file: &File, writes: &UploadWrites, at: u64, batch: Vec<Bytes>, mut hash: ResumableHash) -> WriteResult {
+fn write_batch(file: &File, writes: &UploadWrites, at: u64, batch: Vec<Bytes>, hash: ResumableHash) -> WriteResult {
     let len = batch.iter().map(|d| d.len() as u64).sum();
     if len < HASH_BESIDE_FROM {
         writes.direct.write_span(file, &writes.path, &batch, at)?;
-        for data in &batch {
-            hash.update(data);
-        }
-        return Ok((hash, len));
+        return Ok((hashed(hash, &batch), len));
     }
     // Taken by whichever thread hashes: the second one, or this one when it could not be started.
     let state = std::sync::Mutex::new(Some(hash));
-    let hash_batch = || {
-        let mut hash = state.lock().ok()?.take()?;
-        for data in &batch {
-            hash.update(data);
-        }
-        Some(hash)
-    };
+    let hash_batch = || Some(hashed(state.lock().ok()?.take()?, &batch));
     std::thread::scope(|scope| {
         let hashing = std::thread::Builder::new().name("ferry-put-hash".into()).spawn_scoped(scope, hash_batch);
         let written = writes.direct.write_span(file, &writes.path, &batch, at);
@@ -513,6 +504,14 @@ fn write_batch(file: &File, writes: &UploadWrites, at: u64, batch: Vec<Bytes>, m
         let hash = hashed.ok_or_else(|| std::io::Error::other("hash state missing"))?;
         Ok((hash, len))
     })
+}
+
+/// `hash` fed with the batch's payloads, in order.
+fn hashed(mut hash: ResumableHash, batch: &[Bytes]) -> ResumableHash {
+    for data in batch {
+        hash.update(data);
+    }
+    hash
 }
 
 /// `DONE size=N blake3=H`: verify, make durable, rename into place.
